@@ -1,0 +1,23 @@
+# wsss: weakly supervised semantic segmentation, one artifact per stage under results/<run>/.
+#
+#   snakemake --cores all                      # the demo, end to end
+#   snakemake --cores all --configfile workflow/presets/voc12-cobra.yaml
+#   snakemake --cores all -R fuse_cams         # rerun one stage (and what depends on it)
+#
+# The config is validated against workflow/schemas/config.schema.yaml at parse time, with
+# defaults filled in; each rule passes its own config section through `params:` so that a
+# changed setting reruns that stage and its descendants only.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/classifier.smk"
+include: "workflow/rules/cams.smk"
+
+
+rule all:
+    input:
+        f"{R}/metrics/seeds.csv",
+    default_target: True

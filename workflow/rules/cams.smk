@@ -1,0 +1,83 @@
+rule extract_cams:
+    """Multi-scale + flip CAMs (and attention) of a split into one HDF5 file."""
+    input:
+        model=f"{R}/classifier/model.pt",
+        split=f"{R}/data/{{split}}.csv",
+        code=stage_sources("extract_cams"),
+    output:
+        cams=f"{R}/cams/{{split}}.h5",
+    params:
+        cfg=as_params(
+            {"cams": config["cams"], "classes": classes_params(), "device": config["device"]}
+        ),
+    log:
+        f"{R}/logs/extract_cams_{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/extract_cams_{{split}}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=12 * 60,
+    conda:
+        ENV
+    shell:
+        "{PY} -m wsss extract_cams --input model={input.model} --input split={input.split}"
+        " --output cams={output.cams} --params {params.cfg:q} --threads {threads} --log {log}"
+
+
+rule fuse_cams:
+    """Fuse CNN and ViT maps into seeds (fusion: fuse | cnn | tran | avg | max)."""
+    input:
+        cams=f"{R}/cams/{{split}}.h5",
+        code=stage_sources("fuse_cams"),
+    output:
+        seeds=f"{R}/seeds/{{split}}.h5",
+    params:
+        cfg=as_params({"fusion": config["fusion"]}),
+    log:
+        f"{R}/logs/fuse_cams_{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/fuse_cams_{{split}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "{PY} -m wsss fuse_cams --input cams={input.cams} --output seeds={output.seeds}"
+        " --params {params.cfg:q} --threads {threads} --log {log}"
+
+
+rule eval_seeds:
+    """Seed mIoU for every fusion variant: threshold sweep and CoBra's attention rule."""
+    input:
+        cams=f"{R}/cams/train.h5",
+        seeds=f"{R}/seeds/train.h5",
+        split=f"{R}/data/train.csv",
+        code=stage_sources("eval_seeds"),
+    output:
+        metrics=f"{R}/metrics/seeds.csv",
+    params:
+        cfg=as_params(
+            {
+                "seeds": config["seeds"],
+                "attention": config["ir_labels"]["attention"],
+                "classes": classes_params(),
+            }
+        ),
+    log:
+        f"{R}/logs/eval_seeds.log",
+    benchmark:
+        f"{R}/benchmarks/eval_seeds.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "{PY} -m wsss eval_seeds --input cams={input.cams} --input seeds={input.seeds}"
+        " --input split={input.split} --output metrics={output.metrics}"
+        " --params {params.cfg:q} --threads {threads} --log {log}"

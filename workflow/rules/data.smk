@@ -1,0 +1,22 @@
+rule prepare_data:
+    """Generate (demo) or index (voc12, folder) the data set and validate every file."""
+    input:
+        code=stage_sources("prepare_data"),
+    output:
+        train=f"{R}/data/train.csv",
+        val=f"{R}/data/val.csv",
+    params:
+        cfg=as_params(config["dataset"]),
+    log:
+        f"{R}/logs/prepare_data.log",
+    benchmark:
+        f"{R}/benchmarks/prepare_data.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "{PY} -m wsss prepare_data --output train={output.train} --output val={output.val}"
+        " --params {params.cfg:q} --threads {threads} --log {log}"

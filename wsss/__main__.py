@@ -1,0 +1,85 @@
+"""Command line: ``python -m wsss <stage> --input k=path --output k=path --params JSON``.
+
+Every Snakemake rule calls this; it runs any stage without Snakemake too. A user error
+(bad config, data or input file) prints one ``error:`` line and exits with status 2; partial
+outputs are never left behind (stages write atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+
+STAGES = ("prepare_data", "train_classifier", "extract_cams", "fuse_cams", "eval_seeds")
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} expects NAME=PATH, got {item!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, set up logging and threads, and run one stage."""
+    parser = argparse.ArgumentParser(prog="python -m wsss", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--params", default="{}", help="the stage's config as JSON")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    parser.add_argument("--log", default=None, help="log file (also receives progress bars)")
+    args = parser.parse_args(argv)
+
+    handlers: list[logging.Handler] = []
+    log_stream = sys.stderr
+    if args.log:
+        os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
+        log_stream = open(args.log, "w", buffering=1)  # noqa: SIM115 (lives for the process)
+        handlers.append(logging.StreamHandler(log_stream))
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(logging.WARNING)
+        handlers.append(console)
+        sys.stderr = log_stream  # tqdm and warnings go to the log file
+    else:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("wsss")
+
+    import wsss  # noqa: F401  (installs the torchvision/offline fixes)
+    from wsss.errors import WsssError
+
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        log.error("--params is not valid JSON: %s", exc)
+        return 2
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    module = importlib.import_module(f"wsss.stages.{args.stage}")
+    t0 = time.time()
+    log.info("stage %s: inputs %s outputs %s threads %d", args.stage, args.input, args.output,
+             args.threads)
+    try:
+        module.run(_pairs(args.input, "--input"), _pairs(args.output, "--output"), params,
+                   threads=args.threads)
+    except WsssError as exc:
+        log.error("error: %s", exc)
+        print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)
+        return 2
+    log.info("stage %s done in %.1f s", args.stage, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

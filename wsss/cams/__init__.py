@@ -1,0 +1,1 @@
+"""Class activation maps: multi-scale extraction, HDF5 storage, fusion, thresholds."""

@@ -1,0 +1,105 @@
+"""Config loading: YAML + JSON-schema validation with defaults filled, errors naming the key path."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from wsss.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _fill_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so that ``default`` values are written into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001, ANN202
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _fill_defaults(jsonschema.Draft7Validator)
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the config JSON schema (YAML syntax)."""
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        parts.append(extra[0] if extra else "?")
+        return ".".join(parts) or "<root>"
+    return ".".join(parts) or "<root>"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return "unknown key"
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {error.validator_value}"
+    return error.message
+
+
+def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = None) -> dict:
+    """Validate ``config`` against the schema; return a deep copy with every default filled in."""
+    schema = schema if schema is not None else load_schema()
+    instance = copy.deepcopy(dict(config))
+    errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = min(errors, key=lambda e: len(e.absolute_path))
+        raise ConfigError(f"config key {_key_path(err)}: {_message(err)}")
+    # A second pass validates the defaults that were filled in on the first.
+    errors = list(_Validator(schema).iter_errors(instance))
+    if errors:
+        raise ConfigError(f"config key {_key_path(errors[0])}: {_message(errors[0])}")
+    return instance
+
+
+def deep_update(base: dict, override: Mapping[str, Any]) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path, *overrides: Mapping[str, Any]) -> dict:
+    """Load a YAML config file, merge override dicts in order, and validate it."""
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    for override in overrides:
+        config = deep_update(config, override)
+    return validate_config(config)
+
+
+def as_params(section: Any) -> str:
+    """Serialise a config section as sorted JSON, the form stages receive through ``params:``."""
+    return json.dumps(section, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(section: Any) -> str:
+    """Return a short stable hash of a config section (stored in artifacts and resume state)."""
+    return hashlib.sha256(as_params(section).encode()).hexdigest()[:16]

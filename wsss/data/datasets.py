@@ -1,0 +1,90 @@
+"""Torch datasets over split records: augmented classification crops and whole images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from wsss.errors import DataError
+
+
+def load_rgb(path: object) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 array; a DataError names an unreadable file."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def multi_hot(labels: Sequence[int], n_classes: int) -> torch.Tensor:
+    """Turn class indices 1..C into a (C,) float multi-hot vector (background excluded)."""
+    out = torch.zeros(n_classes)
+    for c in labels:
+        out[c - 1] = 1.0
+    return out
+
+
+def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Convert an (H, W, 3) uint8 image to a normalised (3, H, W) float tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    return t.sub_(torch.tensor(mean)[:, None, None]).div_(torch.tensor(std)[:, None, None])
+
+
+class ClassificationCrops(Dataset):
+    """Training crops (IRN style): random long-side resize, flip, normalise, random crop + pad."""
+
+    def __init__(self, records: Sequence, n_classes: int, crop: int,
+                 resize_long: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 seed: int = 0) -> None:
+        self.records, self.n_classes, self.crop = list(records), n_classes, crop
+        self.resize_long, self.mean, self.std, self.seed = resize_long, mean, std, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.records[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img = Image.fromarray(load_rgb(rec.image))
+        long = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
+        w, h = img.size
+        s = long / max(h, w)
+        img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+        arr = np.asarray(img)
+        if rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        t = normalize(arr, self.mean, self.std)
+        return random_crop(t, self.crop, rng), multi_hot(rec.labels, self.n_classes)
+
+
+def random_crop(t: torch.Tensor, crop: int, rng: np.random.Generator) -> torch.Tensor:
+    """Crop (or zero-pad, then crop) a (3, H, W) tensor to (3, crop, crop) at a random place."""
+    _, h, w = t.shape
+    out = torch.zeros(t.shape[0], crop, crop, dtype=t.dtype)
+    ch, cw = min(crop, h), min(crop, w)
+    sy, sx = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    dy, dx = int(rng.integers(0, crop - ch + 1)), int(rng.integers(0, crop - cw + 1))
+    out[:, dy:dy + ch, dx:dx + cw] = t[:, sy:sy + ch, sx:sx + cw]
+    return out
+
+
+class WholeImages(Dataset):
+    """Whole images at their own size, normalised, with their multi-hot labels and index."""
+
+    def __init__(self, records: Sequence, n_classes: int, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        self.records, self.n_classes, self.mean, self.std = list(records), n_classes, mean, std
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        rec = self.records[i]
+        return (normalize(load_rgb(rec.image), self.mean, self.std),
+                multi_hot(rec.labels, self.n_classes), i)

@@ -1,0 +1,69 @@
+"""A user's own data set: an images folder, a labels CSV per split and optional masks."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from wsss.data.table import parse_labels
+from wsss.errors import DataError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+def _find_image(images_dir: Path, ident: str) -> Path | None:
+    """Return ``<images_dir>/<id>.<jpg|jpeg|png>`` if one exists."""
+    for suffix in IMAGE_SUFFIXES:
+        path = images_dir / f"{ident}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def folder_records(images_dir: Path, labels_csv: Path, classes: Sequence[str],
+                   masks_dir: Path | None = None) -> list[dict]:
+    """Return records for the ids of ``labels_csv`` (columns ``id, labels``; names joined by ';').
+
+    With ``masks_dir``, ``<masks_dir>/<id>.png`` becomes the mask where it exists (ids without
+    one get an empty mask and are left out of evaluation).
+    """
+    images_dir = Path(images_dir).resolve()
+    labels_csv = Path(labels_csv)
+    if not images_dir.is_dir():
+        raise DataError(f"images directory not found: {images_dir}")
+    if masks_dir is not None and not Path(masks_dir).is_dir():
+        raise DataError(f"masks directory not found: {masks_dir}")
+    if not labels_csv.is_file():
+        raise DataError(f"labels CSV not found: {labels_csv}")
+    records: list[dict] = []
+    seen: dict[str, int] = {}
+    with open(labels_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        if "id" not in header or "labels" not in header:
+            raise DataError(f"{labels_csv}, line 1: expected columns id, labels (got "
+                            f"{', '.join(header) or 'nothing'})")
+        reader.fieldnames = header
+        for line, row in enumerate(reader, start=2):
+            where = f"{labels_csv}, line {line}"
+            ident = (row.get("id") or "").strip()
+            if not ident:
+                raise DataError(f"{where}: empty id")
+            if ident in seen:
+                raise DataError(f"{where}: duplicate id {ident!r} (first on line {seen[ident]})")
+            seen[ident] = line
+            names = parse_labels(row.get("labels") or "", classes, where)
+            image = _find_image(images_dir, ident)
+            if image is None:
+                raise DataError(f"{where}: no image {images_dir / ident}.jpg|.jpeg|.png")
+            mask = Path(masks_dir).resolve() / f"{ident}.png" if masks_dir is not None else None
+            records.append({
+                "id": ident,
+                "image": str(image),
+                "mask": str(mask) if mask is not None and mask.is_file() else "",
+                "labels": [classes[i] for i in names],
+            })
+    if not records:
+        raise DataError(f"{labels_csv}: no rows after the header")
+    return records

@@ -1,0 +1,1 @@
+"""Artifact I/O: atomic writes, HDF5 stores, CSV tables."""

@@ -1,0 +1,133 @@
+"""Per-image map stores in HDF5: one group per image, chunked compressed datasets, explicit ids.
+
+Layout::
+
+    /            attrs: kind, classes (JSON), meta (JSON: scales, flip, method, config hash ...)
+    /ids         UTF-8 strings, the split order (groups iterate alphabetically, ids do not)
+    /images/<id> attrs: size = (H, W);  datasets: keys (int16 class indices 1..C) and one
+                 dataset per map (float16 CAMs (K, H, W), uint8 labels, ...)
+
+Files are written to a temporary sibling and renamed on success (see :class:`H5Writer`).
+Readers open the file lazily, so a reader object can be sent to DataLoader workers before use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wsss.errors import DataError
+from wsss.io.atomic import atomic_path
+
+FORMAT_VERSION = 1
+
+
+def _compressed(group: h5py.Group, name: str, data: np.ndarray, dtype: Any) -> None:
+    data = np.asarray(data, dtype=dtype)
+    if data.size == 0:
+        group.create_dataset(name, data=data)
+        return
+    group.create_dataset(name, data=data, chunks=data.shape, compression="gzip",
+                         compression_opts=4, shuffle=True)
+
+
+class H5Writer:
+    """Writes one store atomically: use as a context manager, call :meth:`add` per image."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str, classes: list[str],
+                 meta: dict[str, Any]) -> None:
+        self.path, self.kind, self.classes, self.meta = Path(path), kind, classes, meta
+        self._ids: list[str] = []
+
+    def __enter__(self) -> H5Writer:
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self._file = h5py.File(tmp, "w")
+        self._file.attrs.update({"kind": self.kind, "classes": json.dumps(self.classes),
+                                 "meta": json.dumps(self.meta, sort_keys=True),
+                                 "format_version": FORMAT_VERSION})
+        self._images = self._file.create_group("images")
+        return self
+
+    def add(self, image_id: str, size: tuple[int, int], keys: np.ndarray,
+            maps: dict[str, np.ndarray], dtypes: dict[str, Any] | None = None) -> None:
+        """Store one image: its (H, W), class keys and named maps (float16 unless in ``dtypes``)."""
+        g = self._images.create_group(image_id)
+        g.attrs["size"] = np.asarray(size, dtype=np.int32)
+        g.create_dataset("keys", data=np.asarray(keys, dtype=np.int16))
+        for name, arr in maps.items():
+            _compressed(g, name, arr, (dtypes or {}).get(name, np.float16))
+        self._ids.append(image_id)
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        try:
+            if exc_type is None:
+                self._file.create_dataset("ids", data=np.array(self._ids, dtype=object),
+                                          dtype=h5py.string_dtype())
+        finally:
+            self._file.close()
+            self._ctx.__exit__(exc_type, exc, tb)
+
+
+class H5Reader:
+    """Reads a store written by :class:`H5Writer`; opens the file lazily (per process)."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"map store not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            if kind is not None and f.attrs.get("kind") != kind:
+                raise DataError(f"{self.path} holds {f.attrs.get('kind')!r}, expected {kind!r}")
+            self.kind = str(f.attrs["kind"])
+            self.classes: list[str] = json.loads(f.attrs["classes"])
+            self.meta: dict[str, Any] = json.loads(f.attrs["meta"])
+            self.ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+        self._file: h5py.File | None = None
+        self._pid = -1
+
+    def _f(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._f()["images"]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, image_id: str, names: list[str] | None = None) -> dict[str, Any]:
+        """Return {"size", "keys", <map name>: array} for one image (float maps as float32)."""
+        f = self._f()
+        if image_id not in f["images"]:
+            raise DataError(f"{self.path} has no entry for image {image_id!r}")
+        g = f["images"][image_id]
+        out: dict[str, Any] = {"size": tuple(int(v) for v in g.attrs["size"]),
+                               "keys": g["keys"][()].astype(np.int64)}
+        for name in (names if names is not None else [k for k in g if k != "keys"]):
+            arr = g[name][()]
+            out[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
+        return out
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for image_id in self.ids:
+            yield image_id, self.get(image_id)
+
+    def close(self) -> None:
+        """Close the underlying file if open."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, -1
+        return state

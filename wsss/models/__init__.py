@@ -1,0 +1,1 @@
+"""Networks: timm backbones, the IRN CAM baseline, the CoBra dual-branch classifier."""

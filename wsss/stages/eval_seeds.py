@@ -1,0 +1,122 @@
+"""Stage eval_seeds: seed mIoU of every fusion variant under a threshold sweep and CoBra's
+attention rule, ``metrics/seeds.csv`` (``variant, rule, threshold, miou, iou_<class>...``).
+
+params: {"seeds": <sweep section>, "attention": ir_labels.attention, "classes": [...]}
+inputs: {"cams": cams/<split>.h5, "seeds": seeds/<split>.h5, "split": data/<split>.csv}
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from wsss.cams.fuse import available_fusions, fuse_maps
+from wsss.cams.thresholds import attention_threshold, labels_at_threshold
+from wsss.data.classes import IGNORE_INDEX
+from wsss.data.table import read_split_csv
+from wsss.errors import DataError
+from wsss.io.atomic import atomic_path
+from wsss.io.h5store import H5Reader
+from wsss.metrics import confusion, iou_from_confusion
+
+log = logging.getLogger(__name__)
+
+
+def sweep_confusions(cams: np.ndarray, keys: np.ndarray, gt: np.ndarray,
+                     thresholds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrices (T, n, n) of argmax([t, cams]) for every threshold t, in one pass.
+
+    A pixel with best class k and score v is predicted k for every t < v and background
+    otherwise, so one bincount over (gt, k, #thresholds below v) gives all T matrices.
+    """
+    t_count = len(thresholds)
+    valid = gt != IGNORE_INDEX
+    g = gt[valid].astype(np.int64)
+    if cams.shape[0] == 0:
+        pred_k = np.zeros_like(g)
+        below = np.zeros_like(g)
+    else:
+        flat = cams[:, valid]
+        pred_k = np.asarray(keys, dtype=np.int64)[flat.argmax(0)]
+        below = np.searchsorted(thresholds, flat.max(0), side="left")  # t_i < v for i < below
+    counts = np.bincount((g * n_classes + pred_k) * (t_count + 1) + below,
+                         minlength=n_classes * n_classes * (t_count + 1))
+    counts = counts.reshape(n_classes, n_classes, t_count + 1)
+    # At threshold i a pixel is predicted k iff i < below: suffix sums over below > i.
+    fg = np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1][..., 1:]  # (n, n, T)
+    out = np.ascontiguousarray(fg.transpose(2, 0, 1))  # keys >= 1, so column 0 is empty
+    out[:, :, 0] = counts.sum((1, 2))[None, :] - fg.sum(1).T  # the rest is background
+    return out
+
+
+def load_mask(path: Path | None, size: tuple[int, int], image_id: str) -> np.ndarray:
+    """Read a ground-truth mask and check it matches the map size."""
+    if path is None:
+        raise DataError(f"image {image_id!r} has no ground-truth mask; seeds cannot be scored")
+    with Image.open(path) as im:
+        gt = np.asarray(im)
+    if gt.shape != tuple(size):
+        raise DataError(f"mask {path} is {gt.shape[1]}x{gt.shape[0]} but the CAMs of "
+                        f"{image_id!r} are {size[1]}x{size[0]}")
+    return gt
+
+
+def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
+        threads: int = 1) -> None:
+    """Score every fusion variant and threshold rule against the split's ground truth."""
+    classes = params["classes"]
+    n = len(classes)
+    sw = params["seeds"]
+    thresholds = np.round(np.arange(sw["sweep_start"], sw["sweep_stop"] + 1e-9,
+                                    sw["sweep_step"]), 6)
+    att = params["attention"]
+    cams = H5Reader(inputs["cams"], kind="cams")
+    selected = H5Reader(inputs["seeds"], kind="seeds").meta["fusion"]
+    records = {r.id: r for r in read_split_csv(Path(inputs["split"]), classes)}
+    variants = available_fusions(set(cams.meta["maps"]))
+    sweep = {v: np.zeros((len(thresholds), n, n), dtype=np.int64) for v in variants}
+    attn_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
+    attn_thr = []
+    for image_id, item in tqdm(cams, total=len(cams), desc="eval seeds", mininterval=5):
+        rec = records.get(image_id)
+        if rec is None:
+            raise DataError(f"{inputs['cams']} has image {image_id!r}, absent from "
+                            f"{inputs['split']}")
+        gt = load_mask(rec.mask, item["size"], image_id)
+        has_attn = "attn" in item
+        t_img = attention_threshold(item["attn"], att["percentile"], att["grid"]) \
+            if has_attn else None
+        if has_attn:
+            attn_thr.append(t_img)
+        for v in variants:
+            m = fuse_maps(item.get("cnn"), item.get("tran"), v)
+            sweep[v] += sweep_confusions(m, item["keys"], gt, thresholds, n)
+            if has_attn:
+                attn_conf[v] += confusion(gt, labels_at_threshold(m, item["keys"], t_img), n)
+    rows = []
+    for v in variants:
+        ious = np.stack([iou_from_confusion(c) for c in sweep[v]])
+        mious = np.nanmean(ious, axis=1)
+        best = int(np.nanargmax(mious))
+        rows.append(_row(v, "sweep", float(thresholds[best]), ious[best], classes, selected))
+        if attn_thr:
+            rows.append(_row(v, "attention", float(np.mean(attn_thr)),
+                             iou_from_confusion(attn_conf[v]), classes, selected))
+    table = pd.DataFrame(rows)
+    with atomic_path(outputs["metrics"]) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    log.info("seed mIoU:\n%s", table[["variant", "rule", "threshold", "miou"]].to_string())
+
+
+def _row(variant: str, rule: str, threshold: float, iou: np.ndarray, classes: list[str],
+         selected: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"variant": variant, "rule": rule, "threshold": threshold,
+                           "miou": float(np.nanmean(iou)), "selected": variant == selected}
+    row.update({f"iou_{c}": float(x) for c, x in zip(classes, iou)})
+    return row

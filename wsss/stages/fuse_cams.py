@@ -1,0 +1,38 @@
+"""Stage fuse_cams: fuse CNN and ViT maps into the seeds used downstream, ``seeds/<split>.h5``.
+
+params: {"fusion": str};  inputs: {"cams": cams/<split>.h5};  outputs: {"seeds": seeds/<split>.h5}
+Per image: ``keys``, ``cam`` (K, H, W) and ``cam_strided`` (K, h/4, w/4), both in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tqdm import tqdm
+
+from wsss.cams.fuse import available_fusions, fuse_maps
+from wsss.errors import ConfigError
+from wsss.io.h5store import H5Reader, H5Writer
+
+log = logging.getLogger(__name__)
+
+
+def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
+        threads: int = 1) -> None:
+    """Write the configured fusion of every image's CAMs."""
+    variant = params["fusion"]
+    cams = H5Reader(inputs["cams"], kind="cams")
+    maps = set(cams.meta["maps"])
+    if variant not in available_fusions(maps):
+        raise ConfigError(f"config key fusion: {variant!r} needs maps {sorted(maps)} lack "
+                          f"(a '{cams.meta['method']}' classifier); use one of "
+                          f"{available_fusions(maps)}")
+    meta = {**cams.meta, "fusion": variant}
+    with H5Writer(outputs["seeds"], "seeds", cams.classes, meta) as writer:
+        for image_id, item in tqdm(cams, total=len(cams), desc=f"fuse ({variant})",
+                                   mininterval=5):
+            hr = fuse_maps(item.get("cnn"), item.get("tran"), variant)
+            st = fuse_maps(item.get("cnn_strided"), item.get("tran_strided"), variant)
+            writer.add(image_id, item["size"], item["keys"], {"cam": hr, "cam_strided": st})
+    log.info("wrote %s (fusion %s)", outputs["seeds"], variant)

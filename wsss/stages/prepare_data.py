@@ -1,0 +1,200 @@
+"""Stage prepare_data: write ``data/train.csv`` and ``data/val.csv`` (+ the demo's images).
+
+``params`` is the config's ``dataset`` section. Keys read:
+  name: demo | voc12 | folder
+  root: data set root (voc12: the VOC2012 directory; folder: base of the relative paths below)
+  classes: folder only; class names, background first
+  demo: {n_train, n_val, size, size_jitter, seed, p_ctx}
+  voc12: {train_split: train | train_aug, val_split: val | train}
+  folder: {images, masks (optional), train_labels, val_labels}  (paths, relative to root)
+
+The demo's images go to ``<dir of train csv>/images/<split>/`` and its masks to
+``<dir of train csv>/masks/<split>/``. The CSVs are written only after every image and mask has
+been opened and checked; on any error nothing new is left behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from wsss.data.classes import DEMO_CLASSES, VOC_CLASSES
+from wsss.data.table import Record, records_from_rows, validate_records, write_split_csv
+from wsss.errors import ConfigError, DataError
+from wsss.io.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val")
+_DEMO_DEFAULTS: dict[str, Any] = {"n_train": 2000, "n_val": 300, "size": 128, "size_jitter": 32,
+                                  "seed": 0, "p_ctx": 0.3}
+
+
+def classes_for(params: Mapping[str, Any]) -> list[str]:
+    """Return the class list (background first) of a ``dataset`` config section."""
+    name = params.get("name", "demo")
+    if name == "demo":
+        return list(DEMO_CLASSES)
+    if name == "voc12":
+        return list(VOC_CLASSES)
+    if name == "folder":
+        classes = params.get("classes")
+        if not classes or not isinstance(classes, (list, tuple)):
+            raise ConfigError("config key dataset.classes: required for folder data sets "
+                              "(class names, background first)")
+        classes = [str(c) for c in classes]
+        if classes[0] != "background":
+            raise ConfigError("config key dataset.classes: the first class must be 'background'")
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        if dup:
+            raise ConfigError(f"config key dataset.classes: duplicate class name(s) {dup}")
+        if len(classes) > 255:
+            raise ConfigError("config key dataset.classes: at most 255 classes (255 = ignore)")
+        if any(";" in c or not c.strip() for c in classes):
+            raise ConfigError("config key dataset.classes: names must be non-empty without ';'")
+        return classes
+    raise ConfigError(f"config key dataset.name: unknown data set {name!r}")
+
+
+def _tqdm_wrap(desc: str) -> Any:
+    """Return a progress wrapper ``(iterator, total) -> iterator`` drawing a tqdm bar."""
+    from tqdm import tqdm
+
+    def wrap(it: Iterator[dict], total: int) -> Iterator[dict]:
+        return iter(tqdm(it, total=total, desc=desc, unit="img", mininterval=1.0))
+
+    return wrap
+
+
+def _root(params: Mapping[str, Any]) -> Path:
+    """The configured data set root (required for voc12 and folder)."""
+    root = params.get("root")
+    if not root:
+        raise ConfigError(f"config key dataset.root: required for data set {params.get('name')!r}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data set root not found: {path} (config key dataset.root)")
+    return path
+
+
+def _summary(split: str, records: Sequence[Record], classes: Sequence[str]) -> None:
+    """Log the size and label histogram of one split."""
+    counts = collections.Counter(c for r in records for c in r.labels)
+    hist = ", ".join(f"{classes[c]} {n}" for c, n in sorted(counts.items()))
+    n_masks = sum(r.mask is not None for r in records)
+    log.info("%s: %d images, %d with masks; labels: %s", split, len(records), n_masks, hist)
+
+
+def _relative_rows(rows: Sequence[dict], data_dir: Path, csv_dir: Path) -> list[dict]:
+    """Re-express paths relative to ``data_dir`` as paths relative to ``csv_dir``."""
+    out = []
+    for row in rows:
+        new = dict(row)
+        for key in ("image", "mask"):
+            if row.get(key):
+                new[key] = Path(os.path.relpath(data_dir / row[key], csv_dir)).as_posix()
+        out.append(new)
+    return out
+
+
+def _write_csvs(outputs: Mapping[str, Path], rows: Mapping[str, Sequence[dict]]) -> None:
+    """Write both split CSVs; if one fails, remove any written so far."""
+    done: list[Path] = []
+    try:
+        for split in SPLITS:
+            write_split_csv(outputs[split], rows[split])
+            done.append(outputs[split])
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _prepare_demo(params: Mapping[str, Any], outputs: Mapping[str, Path],
+                  classes: Sequence[str], threads: int) -> None:
+    """Generate the demo into staging directories, validate, swap them in, write the CSVs."""
+    from wsss.data.demo import generate_demo
+
+    cfg = {**_DEMO_DEFAULTS, **(params.get("demo") or {})}
+    data_dir = outputs["train"].parent
+    images, masks = data_dir / "images", data_dir / "masks"
+    t0 = time.perf_counter()
+    with atomic_dir(images) as img_tmp, atomic_dir(masks) as mask_tmp:
+        rows = generate_demo(
+            data_dir, n_train=int(cfg["n_train"]), n_val=int(cfg["n_val"]), size=int(cfg["size"]),
+            seed=int(cfg["seed"]), p_ctx=float(cfg["p_ctx"]), size_jitter=int(cfg["size_jitter"]),
+            workers=threads, image_root=img_tmp, mask_root=mask_tmp,
+            progress=_tqdm_wrap("generate demo"))
+        log.info("generated %d + %d demo images in %.1f s", len(rows["train"]), len(rows["val"]),
+                 time.perf_counter() - t0)
+        for split in SPLITS:
+            staged = [{**r, "image": img_tmp / Path(r["image"]).relative_to("images"),
+                       "mask": mask_tmp / Path(r["mask"]).relative_to("masks")}
+                      for r in rows[split]]
+            records = records_from_rows(staged, classes, data_dir, f"demo {split}")
+            validate_records(records, classes, threads=threads, progress=True)
+            _summary(split, records, classes)
+    try:
+        _write_csvs(outputs, {s: _relative_rows(rows[s], data_dir, outputs[s].parent.resolve())
+                              for s in SPLITS})
+    except BaseException:
+        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(masks, ignore_errors=True)
+        raise
+
+
+def _dataset_rows(params: Mapping[str, Any], classes: Sequence[str], threads: int,
+                  ) -> dict[str, list[dict]]:
+    """Collect the train and val records of a voc12 or folder data set (absolute paths)."""
+    name = params.get("name")
+    root = _root(params)
+    if name == "voc12":
+        from wsss.data.voc12 import voc12_records
+
+        cfg = params.get("voc12") or {}
+        names = {"train": cfg.get("train_split", "train"), "val": cfg.get("val_split", "val")}
+        return {s: voc12_records(root, names[s], threads=threads) for s in SPLITS}
+    from wsss.data.folder import folder_records
+
+    cfg = params.get("folder") or {}
+    if not cfg.get("images"):
+        raise ConfigError("config key dataset.folder.images: required for folder data sets")
+    masks = root / cfg["masks"] if cfg.get("masks") else None
+    rows = {}
+    for split in SPLITS:
+        key = f"{split}_labels"
+        if not cfg.get(key):
+            raise ConfigError(f"config key dataset.folder.{key}: required for folder data sets")
+        rows[split] = folder_records(root / cfg["images"], root / cfg[key], classes, masks)
+        if masks is not None:
+            missing = sum(not r["mask"] for r in rows[split])
+            if missing:
+                log.warning("%s: %d of %d images have no mask in %s (not evaluated)", split,
+                            missing, len(rows[split]), masks)
+    return rows
+
+
+def run(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[str, Any],
+        threads: int = 1) -> None:
+    """Build, validate and write the train/val split CSVs for the configured data set."""
+    del inputs  # prepare_data has no upstream artifacts
+    out = {split: Path(outputs[split]) for split in SPLITS}
+    classes = classes_for(params)
+    threads = max(1, int(threads))
+    if params.get("name", "demo") == "demo":
+        _prepare_demo(params, out, classes, threads)
+        return
+    rows = _dataset_rows(params, classes, threads)
+    for split in SPLITS:
+        records = records_from_rows(rows[split], classes, Path("/"), f"{params['name']} {split}")
+        if not records:
+            raise DataError(f"{params['name']} {split}: empty split")
+        validate_records(records, classes, threads=threads, progress=True)
+        _summary(split, records, classes)
+    _write_csvs(out, rows)

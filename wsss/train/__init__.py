@@ -1,0 +1,1 @@
+"""Training utilities shared by every trained stage: devices, schedules, resumable state."""
