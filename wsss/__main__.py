@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--log", default=None, help="log file (also receives progress bars)")
     args = parser.parse_args(argv)
+    # Snakemake and SLURM stop jobs with SIGTERM: turn it into an exception so that atomic
+    # writers remove their temporary files (resume state is kept, it is not an output).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     handlers: list[logging.Handler] = []
     log_stream = sys.stderr

@@ -11,6 +11,11 @@ def fuse_maps(cnn: np.ndarray | None, tran: np.ndarray | None, variant: str) -> 
     """Fuse max-normalised (K, H, W) maps: fuse = max((M_cnn + M_tran)/2, M_tran), or cnn, tran,
     avg = (M_cnn + M_tran)/2, max = max(M_cnn, M_tran); then renormalise each class by its max
     so every variant lives on the same [0, 1] scale for thresholds."""
+    needs = {"cnn": (cnn,), "tran": (tran,)}.get(variant, (cnn, tran))
+    if variant not in FUSIONS:
+        raise ValueError(f"unknown fusion {variant!r}; choose from {FUSIONS}")
+    if any(m is None for m in needs):
+        raise ValueError(f"fusion {variant!r} needs maps this classifier did not produce")
     if variant == "cnn":
         out = cnn
     elif variant == "tran":
@@ -19,12 +24,8 @@ def fuse_maps(cnn: np.ndarray | None, tran: np.ndarray | None, variant: str) -> 
         out = (cnn + tran) / 2
     elif variant == "max":
         out = np.maximum(cnn, tran)
-    elif variant == "fuse":
+    else:  # fuse
         out = np.maximum((cnn + tran) / 2, tran)  # CoBra Sec. 3.4
-    else:
-        raise ValueError(f"unknown fusion {variant!r}; choose from {FUSIONS}")
-    if out is None:
-        raise ValueError(f"fusion {variant!r} needs maps this classifier did not produce")
     out = out.astype(np.float32)
     peak = out.reshape(out.shape[0], -1).max(axis=1) if out.size else np.zeros(0, np.float32)
     return out / (peak[:, None, None] + 1e-5)

@@ -57,10 +57,13 @@ HOME_HABITAT: dict[str, str] = {
 VAL_FOLD = 5  # animal-mnist silhouettes with index % 5 == 4 are kept for val, the rest for train
 _CLASS_COUNT_P = (0.5, 0.35, 0.15)  # probability of 1, 2, 3 classes in an image
 _INSTANCE_COUNT_P = (0.72, 0.23, 0.05)  # probability of 1, 2, 3 instances of a class
+_MIN_SILHOUETTE_PIXELS = 60  # skip degenerate silhouettes (a few specks, or a thin line)
+_MIN_SILHOUETTE_EXTENT = 8
 _MIN_VISIBLE_FRACTION = 0.01
 _MIN_VISIBLE_PIXELS = 30
 _FILL_SCALE = 2.4  # fill photos are resized so their short side is about this x image size
 _BG_SCALES = (1.3, 2.0)  # background photos: two zoom levels relative to the image long side
+_SATURATION = (0.35, 1.15)  # saturation factor range of every crop (0 = grey)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def _animal_mnist_dir() -> Path:
     """Locate animal-mnist's bundled data without importing its (tensorflow-based) loader."""
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("package animal-mnist is not installed (pip install --no-deps animal-mnist)")
+        raise DataError(
+            "package animal-mnist is not installed (pip install --no-deps animal-mnist==0.4)")
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "Animal_MNIST"
 
 
@@ -163,9 +167,14 @@ def _build_assets(size: int, size_jitter: int) -> _Assets:
                 _resize_short(img, max(long_side, round(s * long_side))) for s in _BG_SCALES)
     data, labels = load_silhouettes()
     index = np.arange(len(labels))
+    fg = data > 127
+    rows, cols = fg.any(axis=2), fg.any(axis=1)
+    extent = np.minimum(28 - rows[:, ::-1].argmax(1) - rows.argmax(1),
+                        28 - cols[:, ::-1].argmax(1) - cols.argmax(1))
+    usable = (fg.sum(axis=(1, 2)) >= _MIN_SILHOUETTE_PIXELS) & (extent >= _MIN_SILHOUETTE_EXTENT)
     pools = {}
     for c, name in enumerate(DEMO_CLASSES[1:], start=1):
-        of_class = index[labels == ANIMAL_MNIST_IDS[name]]
+        of_class = index[(labels == ANIMAL_MNIST_IDS[name]) & usable]
         is_val = of_class % VAL_FOLD == VAL_FOLD - 1
         pools["train", c] = of_class[~is_val]
         pools["val", c] = of_class[is_val]
@@ -258,9 +267,18 @@ def _plan(rng: np.random.Generator, assets: _Assets, split: str, size: int, size
     return ImagePlan(height, width, tuple(instances), mask, labels, habitat, context)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mild colour jitter: contrast, brightness and per-channel gain, as float32."""
+    """Mild colour jitter (saturation, contrast, brightness, per-channel gain) as float32.
+
+    The saturation draw sometimes washes a crop out towards grey, so mean colour alone is a
+    weaker cue than texture.
+    """
     x = img.astype(np.float32)
+    grey = (x @ _LUMA)[:, :, None]
+    x = grey + np.float32(rng.uniform(*_SATURATION)) * (x - grey)
     mean = x.mean()
     gain = rng.uniform(0.93, 1.07, size=3).astype(np.float32)
     x = (x - mean) * np.float32(rng.uniform(0.85, 1.15)) + mean + np.float32(rng.normal(0, 10))

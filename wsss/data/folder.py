@@ -38,7 +38,7 @@ def folder_records(images_dir: Path, labels_csv: Path, classes: Sequence[str],
         raise DataError(f"labels CSV not found: {labels_csv}")
     records: list[dict] = []
     seen: dict[str, int] = {}
-    with open(labels_csv, newline="") as fh:
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in reader.fieldnames or []]
         if "id" not in header or "labels" not in header:

@@ -22,6 +22,8 @@ from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 
 COLUMNS: tuple[str, ...] = ("id", "image", "mask", "labels")
+_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+                 Image.DecompressionBombError)
 LABEL_SEP = ";"
 
 
@@ -46,7 +48,7 @@ def _cell(value: object) -> str:
 
 def write_split_csv(path: Path, records: Iterable[Mapping[str, object]]) -> None:
     """Write records (dicts with id, image, mask, labels as a list of class names) atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(COLUMNS)
         for rec in records:
@@ -104,7 +106,7 @@ def read_split_csv(path: Path, classes: Sequence[str]) -> list[Record]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split CSV not found: {path}")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in COLUMNS if c not in header]
@@ -127,7 +129,7 @@ def _check_one(rec: Record, n_classes: int, check_masks: bool) -> str | None:
         with Image.open(rec.image) as im:
             im.load()
             size = im.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except _IMAGE_ERRORS as exc:
         return f"corrupt image: {rec.image} (id {rec.id}): {exc}"
     if not check_masks or rec.mask is None:
         return None
@@ -141,7 +143,7 @@ def _check_one(rec: Record, n_classes: int, check_masks: bool) -> str | None:
                         f"(id {rec.id})")
             msize = m.size
             values = np.unique(np.asarray(m))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except _IMAGE_ERRORS as exc:
         return f"corrupt mask: {rec.mask} (id {rec.id}): {exc}"
     if msize != size:
         return (f"mask size {msize[0]}x{msize[1]} differs from image size {size[0]}x{size[1]}: "

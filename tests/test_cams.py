@@ -1,0 +1,115 @@
+"""CAM normalisation, multi-scale aggregation, fusion, thresholds, HDF5 store, seed sweep."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from wsss.cams.fuse import available_fusions, fuse_maps
+from wsss.cams.multiscale import multiscale_maps, normalize_by_max, strided_size, strided_up_size
+from wsss.cams.thresholds import attention_threshold, labels_at_threshold, snap_down
+from wsss.io.h5store import H5Reader, H5Writer
+from wsss.metrics import confusion
+from wsss.stages.eval_seeds import sweep_confusions
+
+
+def test_normalize_by_max_per_class():
+    cams = torch.tensor([[[1.0, 2.0]], [[0.5, 0.25]]])
+    out = normalize_by_max(cams)
+    assert torch.allclose(out, torch.tensor([[[0.5, 1.0]], [[1.0, 0.5]]]), atol=1e-4)
+
+
+def test_irn_sizes():
+    assert strided_size(375, 500) == (94, 125)
+    assert strided_up_size(375, 500) == (384, 512)
+
+
+def test_multiscale_constant_model_sums_scales_and_flips():
+    def forward(x):  # one map per image: constant 1 at the network's /16 grid
+        b, _, h, w = x.shape
+        return {"cnn": torch.ones(b, 1, -(-h // 16), -(-w // 16))}
+
+    imgs = torch.zeros(2, 3, 32, 48)
+    out = multiscale_maps(forward, imgs, scales=[1.0, 0.5, 2.0], flip=True)
+    assert out["strided"]["cnn"].shape == (2, 1, 8, 12)
+    assert out["highres"]["cnn"].shape == (2, 1, 32, 48)
+    # 3 scales x (image + flipped image) of a constant 1
+    assert torch.allclose(out["highres"]["cnn"], torch.full((2, 1, 32, 48), 6.0))
+
+
+def test_multiscale_flip_is_undone():
+    def forward(x):  # a map that is 1 on the left half only
+        m = torch.zeros(x.shape[0], 1, x.shape[2], x.shape[3])
+        m[..., : x.shape[3] // 2] = x[:, :1, :, : x.shape[3] // 2]
+        return {"m": m}
+
+    imgs = torch.zeros(1, 3, 16, 16)
+    imgs[..., :8] = 1.0  # left half bright
+    out = multiscale_maps(forward, imgs, scales=[1.0], flip=True)["highres"]["m"][0, 0]
+    # unflipped: 1 on the left; flipped image is dark on its left, so nothing added there
+    assert out[:, :8].mean() == pytest.approx(1.0) and out[:, 8:].abs().max() == 0
+
+
+def test_fusion_variants_hand_computed():
+    cnn = np.array([[[1.0, 0.2, 0.0]]])
+    tran = np.array([[[0.5, 1.0, 0.4]]])
+    # fuse = max((cnn + tran)/2, tran) = max([0.75, 0.6, 0.2], [0.5, 1.0, 0.4]) = [.75, 1, .4]
+    assert np.allclose(fuse_maps(cnn, tran, "fuse"), [[[0.75, 1.0, 0.4]]], atol=1e-4)
+    assert np.allclose(fuse_maps(cnn, tran, "max"), [[[1.0, 1.0, 0.4]]], atol=1e-4)
+    # avg = [0.75, 0.6, 0.2], renormalised by its max 0.75
+    assert np.allclose(fuse_maps(cnn, tran, "avg"), [[[1.0, 0.8, 0.2 / 0.75]]], atol=1e-4)
+    assert np.allclose(fuse_maps(cnn, tran, "cnn"), cnn, atol=1e-4)
+    assert available_fusions({"cnn"}) == ["cnn"]
+    with pytest.raises(ValueError):
+        fuse_maps(cnn, None, "fuse")
+
+
+def test_snap_and_attention_threshold():
+    assert snap_down(0.37, 0.05) == pytest.approx(0.35)
+    assert snap_down(0.35, 0.05) == pytest.approx(0.30)  # on the grid: one step lower
+    attn = np.linspace(0, 10, 101)  # max-normalised: 0..1; 93rd percentile 0.93 -> 0.90
+    assert attention_threshold(attn, 93, 0.05) == pytest.approx(0.90)
+    assert attention_threshold(attn * 7.0, 93, 0.05) == pytest.approx(0.90)  # scale-free
+
+
+def test_labels_at_threshold_background_wins_ties():
+    cams = np.array([[[0.3, 0.5, 0.1]], [[0.2, 0.6, 0.0]]])
+    out = labels_at_threshold(cams, np.array([3, 5]), 0.3)
+    assert out.tolist() == [[0, 5, 0]]
+
+
+def test_sweep_matches_brute_force():
+    rng = np.random.default_rng(0)
+    cams = rng.random((2, 6, 7)).astype(np.float32)
+    keys = np.array([1, 3])
+    gt = rng.choice([0, 1, 2, 3, 255], size=(6, 7))
+    thr = np.round(np.arange(0, 0.61, 0.05), 6)
+    fast = sweep_confusions(cams, keys, gt, thr, 4)
+    for i, t in enumerate(thr):
+        assert (fast[i] == confusion(gt, labels_at_threshold(cams, keys, t), 4)).all()
+
+
+def test_h5_round_trip_keeps_order_and_values(tmp_path):
+    path = tmp_path / "cams.h5"
+    maps = {"b": np.random.default_rng(0).random((2, 5, 6)).astype(np.float32),
+            "a": np.random.default_rng(1).random((1, 4, 3)).astype(np.float32)}
+    with H5Writer(path, "cams", ["background", "x", "y"], {"scales": [1.0]}) as w:
+        w.add("zeta", (5, 6), np.array([1, 2]), {"cnn": maps["b"]})
+        w.add("alpha", (4, 3), np.array([2]), {"cnn": maps["a"]})
+    r = H5Reader(path, kind="cams")
+    assert r.ids == ["zeta", "alpha"] and r.classes == ["background", "x", "y"]
+    assert r.meta == {"scales": [1.0]}
+    item = r.get("zeta")
+    assert item["size"] == (5, 6) and item["keys"].tolist() == [1, 2]
+    assert np.allclose(item["cnn"], maps["b"], atol=1e-3)
+    with h5py.File(path) as f:
+        ds = f["images/zeta/cnn"]
+        assert ds.dtype == np.float16 and ds.compression == "gzip" and ds.shuffle
+
+
+def test_h5_writer_leaves_nothing_on_error(tmp_path):
+    path = tmp_path / "cams.h5"
+    with pytest.raises(RuntimeError), H5Writer(path, "cams", ["bg"], {}) as w:
+        w.add("a", (1, 1), np.array([], dtype=np.int64), {})
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,59 @@
+"""Config schema: defaults filled, errors name the key path."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsss.config import as_params, load_config, validate_config
+from wsss.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_is_valid_and_defaults_filled():
+    cfg = load_config(ROOT / "config.yaml")
+    assert cfg["classifier"]["cobra"]["k_sap_pos"] == 20
+    assert cfg["classifier"]["cobra"]["tau"] == 0.1
+    assert cfg["classifier"]["vit"]["pretrained"] == "none"
+    assert cfg["seeds"]["sweep_stop"] == 0.6
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"classifier": {"epochs": "three"}}, "classifier.epochs"),
+    ({"dataset": {"demo": {"n_trian": 5}}}, "dataset.demo.n_trian"),
+    ({"fusion": "mean"}, "fusion"),
+    ({"cams": {"scales": []}}, "cams.scales"),
+    ({"classifier": {"cnn": {"name": "resnet50", "weights": "x"}}}, "classifier.cnn.weights"),
+])
+def test_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"config key {key}\b"):
+        load_config(ROOT / "config.yaml", override)
+
+
+def test_presets_are_valid():
+    for preset in sorted((ROOT / "workflow" / "presets").glob("*.yaml")):
+        load_config(ROOT / "config.yaml", __import__("yaml").safe_load(preset.read_text()))
+
+
+def test_params_are_stable_json():
+    assert as_params({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+    assert validate_config({}) == validate_config({})
+
+
+def test_import_wsss_is_light_and_fixes_torchvision():
+    code = ("import sys, wsss; assert 'torch' not in sys.modules; "
+            "import timm, torchvision.transforms.v2; from wsss.compat import torchvision_ops_mode;"
+            " print(torchvision_ops_mode())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out in ("native", "schema-only")
+
+
+def test_hub_is_offline_by_default():
+    code = "import os; os.environ.pop('HF_HUB_OFFLINE', None); import wsss; print(os.environ['HF_HUB_OFFLINE'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.strip()
+    assert out == "1"

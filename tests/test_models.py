@@ -1,0 +1,72 @@
+"""Backbones, packaged weights, the CoBra branches and one training step."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data
+
+from wsss.errors import ConfigError
+from wsss.models.classifier import CAMNet, CoBraNet
+from wsss.models.weights import create_backbone
+
+CNN = {"name": "tf_efficientnet_lite0", "pretrained": "none"}
+VIT = {"name": "vit_tiny_patch16_224", "pretrained": "none", "kwargs": {"depth": 2}}
+
+
+def test_packaged_efficientnet_lite0_is_real_imagenet():
+    model = create_backbone("tf_efficientnet_lite0", "efficientnet_lite0").eval()
+    img = torch.tensor(data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    img = (F.interpolate(img, (224, 224), mode="bilinear") - 0.5) / 0.5
+    with torch.no_grad():
+        assert model(img).argmax().item() == 285  # "Egyptian cat"
+
+
+def test_unknown_backbone_names_the_model():
+    with pytest.raises(ConfigError, match="not_a_model"):
+        create_backbone("not_a_model")
+
+
+def test_missing_weights_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        create_backbone("resnet18", str(tmp_path / "nope.pth"))
+
+
+def test_cobra_outputs_and_single_forward_cams():
+    torch.manual_seed(0)
+    model = CoBraNet(3, CNN, VIT, proj_dim=8).eval()
+    out = model(torch.randn(2, 3, 64, 80))
+    assert out["cnn_cam"].shape == (2, 4, 4, 5) and out["vit_cam"].shape == (2, 4, 4, 5)
+    assert out["cnn_proj"].shape == (2, 8, 4, 5) and out["vit_proj"].shape == (2, 8, 4, 5)
+    assert out["attn"].shape == (2, 21, 21)
+    # attention rows are probabilities: each layer sums to 1, summed over 2 layers
+    assert torch.allclose(out["attn"].sum(-1), torch.full((2, 21), 2.0), atol=1e-4)
+    with torch.no_grad():
+        cams = model.cams(torch.randn(1, 3, 72, 72))  # not a multiple of 16: padded grid
+    assert cams["cnn"].shape == cams["tran"].shape == (1, 3, 5, 5)
+    assert cams["attn"].shape == (1, 1, 5, 5) and (cams["tran"] >= 0).all()
+
+
+def test_train_step_moves_projections():
+    torch.manual_seed(0)
+    from wsss.config import load_config
+    from wsss.stages.train_classifier import compute_losses
+
+    cfg = load_config("config.yaml")["classifier"]
+    model = CoBraNet(3, CNN, VIT, proj_dim=8)
+    before = model.cnn.proj.weight.detach().clone(), model.vit.proj.weight.detach().clone()
+    opt = torch.optim.SGD([p for g in model.param_groups() for p in g], lr=0.1)
+    out = model(torch.randn(2, 3, 64, 64))
+    terms = compute_losses(model, out, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), cfg, aux=True)
+    assert set(terms) == {"loss", "loss_cls", "loss_cam", "loss_sap", "loss_cap"}
+    terms["loss"].backward()
+    opt.step()
+    # unlike the reference release, both projection heads are trained
+    assert not torch.equal(before[0], model.cnn.proj.weight)
+    assert not torch.equal(before[1], model.vit.proj.weight)
+
+
+def test_cam_net_is_bias_free_and_foreground_only():
+    model = CAMNet(5, CNN)
+    assert model.cnn.cam_head.bias is None and model.cnn.cam_head.out_channels == 5
+    assert np.isclose(sum(p.numel() for p in model.param_groups()[1]), 1280 * 5)
