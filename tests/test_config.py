@@ -52,7 +52,8 @@ def test_import_wsss_is_light_and_fixes_torchvision():
 
 
 def test_hub_is_offline_by_default():
-    code = "import os; os.environ.pop('HF_HUB_OFFLINE', None); import wsss; print(os.environ['HF_HUB_OFFLINE'])"
+    code = ("import os; os.environ.pop('HF_HUB_OFFLINE', None); import wsss; "
+            "print(os.environ['HF_HUB_OFFLINE'])")
     env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.strip()

@@ -1,4 +1,4 @@
-"""Config loading: YAML + JSON-schema validation with defaults filled, errors naming the key path."""
+"""Config loading: YAML + JSON schema validation, defaults filled, errors naming the key."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
 
 
 def deep_update(base: dict, override: Mapping[str, Any]) -> dict:
-    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, others replace)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):

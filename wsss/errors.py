@@ -8,7 +8,7 @@ class WsssError(Exception):
 
 
 class ConfigError(WsssError):
-    """A config value is missing, of the wrong type, or out of range; the message names the key path."""
+    """A config value is missing, of the wrong type or out of range; names the key path."""
 
 
 class DataError(WsssError):

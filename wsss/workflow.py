@@ -6,7 +6,7 @@ Imported at parse time in every Snakemake job, so it must stay light (no torch, 
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -23,7 +23,7 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imports(path: Path) -> tuple[str, ...]:
     tree = ast.parse(path.read_text(), filename=str(path))
     names: list[str] = []

@@ -17,7 +17,7 @@ DEMO_CLASSES: tuple[str, ...] = ("background", "bird", "cat", "cow", "dog", "hor
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
-    """Return the VOC bit-interleaved colour map as an ``(n, 3)`` uint8 array (255 -> (224,224,192))."""
+    """Return the VOC bit-interleaved colour map as (n, 3) uint8 (255 -> (224, 224, 192))."""
     pal = np.zeros((n, 3), dtype=np.uint8)
     for i in range(n):
         c, r, g, b = i, 0, 0, 0

@@ -1,4 +1,4 @@
-"""Image-level classifiers whose CAMs seed everything else: IRN's CAM net and CoBra's dual branch."""
+"""Image-level classifiers whose CAMs seed the pipeline: IRN's CAM net, CoBra's dual branch."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class CoBraNet(nn.Module):
 
     def cams(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return seed maps from ONE forward per branch: ``cnn`` M_cnn, ``tran`` M_tran = ViT CAM x
-        A_obj (CoBra Sec. 3.4), both (B, C, h, w) foreground only, and ``attn`` A_obj (B, 1, h, w)."""
+        A_obj (CoBra Sec. 3.4), both (B, C, h, w) foreground only, and ``attn`` A_obj
+        (B, 1, h, w)."""
         c = self.cnn(x)
         v = self.vit(x)
         grid = v["cam"].shape[-2:]
@@ -88,4 +89,5 @@ def build_classifier(params: dict[str, Any], n_classes: int) -> nn.Module:
 def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Return (mean, std) of the CNN's pretrained config, used for both branches' input."""
     cfg = getattr(model.cnn.backbone, "pretrained_cfg", {}) or {}
-    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    return mean, tuple(cfg.get("std", (0.229, 0.224, 0.225)))

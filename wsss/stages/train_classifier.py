@@ -29,7 +29,14 @@ from wsss.io.atomic import atomic_path
 from wsss.losses import cobra as L
 from wsss.models.classifier import build_classifier, input_normalization
 from wsss.train.utils import (
-    EpochSampler, autocast, load_state, poly_lr, resolve_device, save_state, seed_everything)
+    EpochSampler,
+    autocast,
+    load_state,
+    poly_lr,
+    resolve_device,
+    save_state,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 LOSS_TERMS = ("loss", "loss_cls", "loss_cam", "loss_sap", "loss_cap")
@@ -200,8 +207,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                 out = model(img)
             terms = compute_losses(model, out, lab, cfg, aux=epoch >= warmup)
             if not torch.isfinite(terms["loss"]):
+                values = {k: float(v) for k, v in terms.items()}
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step "
-                                         f"{step_in_epoch}: { {k: float(v) for k, v in terms.items()} }")
+                                         f"{step_in_epoch}: {values}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(terms["loss"]).backward()
             scaler.step(opt)
@@ -209,7 +217,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             global_step += 1
             step_in_epoch += 1
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['loss'] / step_in_epoch:.3f}", refresh=False)
             if cfg["save_every_steps"] and step_in_epoch % cfg["save_every_steps"] == 0:
                 checkpoint(epoch, step_in_epoch, sums)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """Map the config's ``device`` (auto | cpu | cuda) to a torch device; cuda without a GPU fails."""
+    """Map the config's ``device`` (auto | cpu | cuda) to a torch device; cuda needs a GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
