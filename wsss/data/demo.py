@@ -214,11 +214,15 @@ def _shift_max_min(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+SIZE_STEP = 16
+
+
 def _plan(rng: np.random.Generator, assets: _Assets, split: str, size: int, size_jitter: int,
           p_ctx: float) -> ImagePlan:
     """Draw size, classes, instances and habitat of one image; retry until a label is visible."""
-    height = size + int(rng.integers(0, size_jitter + 1))
-    width = size + int(rng.integers(0, size_jitter + 1))
+    # Sides step by 16 px (like VOC's few distinct sizes), so same-size images batch together.
+    height = size + SIZE_STEP * int(rng.integers(0, size_jitter // SIZE_STEP + 1))
+    width = size + SIZE_STEP * int(rng.integers(0, size_jitter // SIZE_STEP + 1))
     n_cls = len(DEMO_CLASSES) - 1
     while True:
         k = 1 + int(rng.choice(3, p=_CLASS_COUNT_P))

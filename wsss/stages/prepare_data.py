@@ -24,7 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wsss.data.classes import DEMO_CLASSES, VOC_CLASSES
+from wsss.data.classes import IGNORE_INDEX
+from wsss.data.dataset_classes import classes_for as dataset_classes
 from wsss.data.table import Record, records_from_rows, validate_records, write_split_csv
 from wsss.errors import ConfigError, DataError
 from wsss.io.atomic import atomic_dir
@@ -39,27 +40,15 @@ _DEMO_DEFAULTS: dict[str, Any] = {"n_train": 2000, "n_val": 300, "size": 128, "s
 def classes_for(params: Mapping[str, Any]) -> list[str]:
     """Return the class list (background first) of a ``dataset`` config section."""
     name = params.get("name", "demo")
-    if name == "demo":
-        return list(DEMO_CLASSES)
-    if name == "voc12":
-        return list(VOC_CLASSES)
-    if name == "folder":
-        classes = params.get("classes")
-        if not classes or not isinstance(classes, (list, tuple)):
-            raise ConfigError("config key dataset.classes: required for folder data sets "
-                              "(class names, background first)")
-        classes = [str(c) for c in classes]
-        if classes[0] != "background":
-            raise ConfigError("config key dataset.classes: the first class must be 'background'")
-        dup = sorted({c for c in classes if classes.count(c) > 1})
-        if dup:
-            raise ConfigError(f"config key dataset.classes: duplicate class name(s) {dup}")
-        if len(classes) > 255:
-            raise ConfigError("config key dataset.classes: at most 255 classes (255 = ignore)")
-        if any(";" in c or not c.strip() for c in classes):
-            raise ConfigError("config key dataset.classes: names must be non-empty without ';'")
-        return classes
-    raise ConfigError(f"config key dataset.name: unknown data set {name!r}")
+    if name not in ("demo", "voc12", "folder"):
+        raise ConfigError(f"config key dataset.name: unknown data set {name!r}")
+    classes = dataset_classes({**params, "name": name})
+    if len(classes) > IGNORE_INDEX:
+        raise ConfigError(f"config key dataset.classes: at most {IGNORE_INDEX} classes "
+                          f"({IGNORE_INDEX} is the ignore value)")
+    if any(not isinstance(c, str) or not c.strip() or ";" in c for c in classes):
+        raise ConfigError("config key dataset.classes: names must be non-empty strings without ';'")
+    return classes
 
 
 def _tqdm_wrap(desc: str) -> Any:
@@ -184,7 +173,7 @@ def run(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[s
         threads: int = 1) -> None:
     """Build, validate and write the train/val split CSVs for the configured data set."""
     del inputs  # prepare_data has no upstream artifacts
-    out = {split: Path(outputs[split]) for split in SPLITS}
+    out = {split: Path(outputs[split]).resolve() for split in SPLITS}
     classes = classes_for(params)
     threads = max(1, int(threads))
     if params.get("name", "demo") == "demo":
