@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install --quiet --upgrade pip
+"${pip[@]}" install --quiet --upgrade pip "setuptools>=61"
 echo "[wsss] installing pinned requirements (envs/requirements.txt)"
 "${pip[@]}" install --quiet -r "$here/envs/requirements.txt"
 "${pip[@]}" install --quiet --no-deps -r "$here/envs/requirements-nodeps.txt"

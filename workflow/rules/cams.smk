@@ -22,7 +22,7 @@ rule extract_cams:
     conda:
         ENV
     shell:
-        "{PY} -m wsss extract_cams --input model={input.model} --input split={input.split}"
+        "python -m wsss extract_cams --input model={input.model} --input split={input.split}"
         " --output cams={output.cams} --params {params.cfg:q} --threads {threads} --log {log}"
 
 
@@ -46,7 +46,7 @@ rule fuse_cams:
     conda:
         ENV
     shell:
-        "{PY} -m wsss fuse_cams --input cams={input.cams} --output seeds={output.seeds}"
+        "python -m wsss fuse_cams --input cams={input.cams} --output seeds={output.seeds}"
         " --params {params.cfg:q} --threads {threads} --log {log}"
 
 
@@ -78,6 +78,6 @@ rule eval_seeds:
     conda:
         ENV
     shell:
-        "{PY} -m wsss eval_seeds --input cams={input.cams} --input seeds={input.seeds}"
+        "python -m wsss eval_seeds --input cams={input.cams} --input seeds={input.seeds}"
         " --input split={input.split} --output metrics={output.metrics}"
         " --params {params.cfg:q} --threads {threads} --log {log}"

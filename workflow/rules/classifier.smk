@@ -27,6 +27,6 @@ rule train_classifier:
     conda:
         ENV
     shell:
-        "{PY} -m wsss train_classifier --input train={input.train}"
+        "python -m wsss train_classifier --input train={input.train}"
         " --output model={output.model} --output metrics={output.metrics}"
         " --params {params.cfg:q} --threads {threads} --log {log}"

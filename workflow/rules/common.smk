@@ -1,4 +1,5 @@
 # Shared setup: validated config, the results root, the python that runs stages, helpers.
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -15,16 +16,16 @@ config.clear()
 config.update(_validated)
 
 R = f"{config['results']}/{config['run']}"
-# The interpreter running Snakemake runs the stages too (a venv needs no activation);
-# with --sdm conda the environment's own python is used.
-PY = "python" if "conda" in str(workflow.deployment_settings.deployment_method) else sys.executable
+# Jobs run `python`: the interpreter running Snakemake (so a venv needs no activation), or with
+# --sdm conda the environment's own python, which conda's activation puts first on PATH.
+envvars:
+    "PATH",
+
+
+_search_path = os.environ["PATH"]
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + _search_path
 ENV = f"{workflow.basedir}/envs/wsss.yaml"
 CAM_SPLITS = ["train"]
-
-
-def stage(name):
-    """Shell command prefix running one wsss stage."""
-    return f"{PY} -m wsss {name}"
 
 
 def classes_params():

@@ -18,5 +18,5 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "{PY} -m wsss prepare_data --output train={output.train} --output val={output.val}"
+        "python -m wsss prepare_data --output train={output.train} --output val={output.val}"
         " --params {params.cfg:q} --threads {threads} --log {log}"

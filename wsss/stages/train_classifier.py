@@ -61,7 +61,7 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 
 def freeze_prefixes(module: nn.Module, prefixes: list[str]) -> None:
-    """Stop gradients of parameters whose name starts with one of ``prefixes``; unknown ones fail."""
+    """Freeze parameters whose name starts with one of ``prefixes``; an unknown prefix fails."""
     names = [n for n, _ in module.named_parameters()]
     for prefix in prefixes:
         if not any(n == prefix or n.startswith(prefix + ".") for n in names):
