@@ -55,7 +55,8 @@ def test_train_step_moves_projections():
     cfg = load_config("config.yaml")["classifier"]
     model = CoBraNet(3, CNN, VIT, proj_dim=8)
     before = model.cnn.proj.weight.detach().clone(), model.vit.proj.weight.detach().clone()
-    opt = torch.optim.SGD([p for g in model.param_groups() for p in g], lr=0.1)
+    opt = torch.optim.SGD([p for g in model.param_groups().values() for ps in g for p in ps],
+                          lr=0.1)
     out = model(torch.randn(2, 3, 64, 64))
     terms = compute_losses(model, out, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), cfg, aux=True)
     assert set(terms) == {"loss", "loss_cls", "loss_cam", "loss_sap", "loss_cap"}
@@ -69,4 +70,4 @@ def test_train_step_moves_projections():
 def test_cam_net_is_bias_free_and_foreground_only():
     model = CAMNet(5, CNN)
     assert model.cnn.cam_head.bias is None and model.cnn.cam_head.out_channels == 5
-    assert np.isclose(sum(p.numel() for p in model.param_groups()[1]), 1280 * 5)
+    assert np.isclose(sum(p.numel() for p in model.param_groups()["cnn"][1]), 1280 * 5)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsss.data.classes import DEMO_CLASSES, VOC_CLASSES
+from wsss.data.classes import DEMO_CLASSES, IGNORE_INDEX, VOC_CLASSES
 from wsss.errors import ConfigError
 
 
 def classes_for(dataset: dict[str, Any]) -> list[str]:
     """Return the class names, background first, for the ``dataset`` config section."""
-    name = dataset["name"]
+    name = dataset.get("name", "demo")
+    if name not in ("demo", "voc12", "folder"):
+        raise ConfigError(f"config key dataset.name: unknown data set {name!r}")
     if name == "demo":
         return list(DEMO_CLASSES)
     if name == "voc12":
@@ -23,4 +25,9 @@ def classes_for(dataset: dict[str, Any]) -> list[str]:
         raise ConfigError("config key dataset.classes: the first class must be 'background'")
     if len(set(classes)) != len(classes):
         raise ConfigError("config key dataset.classes: class names must be unique")
+    if len(classes) > IGNORE_INDEX:
+        raise ConfigError(f"config key dataset.classes: at most {IGNORE_INDEX} classes "
+                          f"({IGNORE_INDEX} is the ignore value)")
+    if any(not isinstance(c, str) or not c.strip() or ";" in c for c in classes):
+        raise ConfigError("config key dataset.classes: names must be non-empty strings without ';'")
     return list(classes)

@@ -29,9 +29,9 @@ class CAMNet(nn.Module):
         """Return ReLU'd foreground CAMs per branch for seed extraction: ``cnn`` (B, C, h, w)."""
         return {"cnn": F.relu(self.forward(x)["cnn_cam"])}
 
-    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Return (backbone parameters, head parameters)."""
-        return self.cnn.backbone_parameters(), self.cnn.head_parameters()
+    def param_groups(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter]]]:
+        """Return {branch: (backbone parameters, head parameters)}."""
+        return {"cnn": (self.cnn.backbone_parameters(), self.cnn.head_parameters())}
 
 
 class CoBraNet(nn.Module):
@@ -65,10 +65,10 @@ class CoBraNet(nn.Module):
         return {"cnn": F.relu(c["cam"][:, 1:]), "tran": F.relu(v["cam"][:, 1:]) * a_obj,
                 "attn": a_obj}
 
-    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Return (backbone parameters, head parameters) over both branches."""
-        return (self.cnn.backbone_parameters() + self.vit.backbone_parameters(),
-                self.cnn.head_parameters() + self.vit.head_parameters())
+    def param_groups(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Parameter]]]:
+        """Return {branch: (backbone parameters, head parameters)} for both branches."""
+        return {"cnn": (self.cnn.backbone_parameters(), self.cnn.head_parameters()),
+                "vit": (self.vit.backbone_parameters(), self.vit.head_parameters())}
 
 
 def build_classifier(params: dict[str, Any], n_classes: int) -> nn.Module:

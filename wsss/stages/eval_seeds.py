@@ -23,7 +23,7 @@ from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
-from wsss.metrics import confusion, iou_from_confusion
+from wsss.metrics import confusion, iou_from_confusion, mean_iou
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,14 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     sweep = {v: np.zeros((len(thresholds), n, n), dtype=np.int64) for v in variants}
     attn_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
     attn_thr = []
+    baseline = np.zeros((n, n), dtype=np.int64)  # everything predicted background
     for image_id, item in tqdm(cams, total=len(cams), desc="eval seeds", mininterval=5):
         rec = records.get(image_id)
         if rec is None:
             raise DataError(f"{inputs['cams']} has image {image_id!r}, absent from "
                             f"{inputs['split']}")
         gt = load_mask(rec.mask, item["size"], image_id)
+        baseline += confusion(gt, np.zeros_like(gt), n)
         has_attn = "attn" in item
         t_img = attention_threshold(item["attn"], att["percentile"], att["grid"]) \
             if has_attn else None
@@ -112,6 +114,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     with atomic_path(outputs["metrics"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     log.info("seed mIoU:\n%s", table[["variant", "rule", "threshold", "miou"]].to_string())
+    log.info("all-background baseline mIoU: %.4f", mean_iou(baseline))
 
 
 def _row(variant: str, rule: str, threshold: float, iou: np.ndarray, classes: list[str],

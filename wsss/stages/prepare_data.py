@@ -24,8 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wsss.data.classes import IGNORE_INDEX
-from wsss.data.dataset_classes import classes_for as dataset_classes
+from wsss.data.dataset_classes import classes_for
 from wsss.data.table import Record, records_from_rows, validate_records, write_split_csv
 from wsss.errors import ConfigError, DataError
 from wsss.io.atomic import atomic_dir
@@ -33,23 +32,6 @@ from wsss.io.atomic import atomic_dir
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val")
-_DEMO_DEFAULTS: dict[str, Any] = {"n_train": 2000, "n_val": 300, "size": 128, "size_jitter": 32,
-                                  "seed": 0, "p_ctx": 0.3}
-
-
-def classes_for(params: Mapping[str, Any]) -> list[str]:
-    """Return the class list (background first) of a ``dataset`` config section."""
-    name = params.get("name", "demo")
-    if name not in ("demo", "voc12", "folder"):
-        raise ConfigError(f"config key dataset.name: unknown data set {name!r}")
-    classes = dataset_classes({**params, "name": name})
-    if len(classes) > IGNORE_INDEX:
-        raise ConfigError(f"config key dataset.classes: at most {IGNORE_INDEX} classes "
-                          f"({IGNORE_INDEX} is the ignore value)")
-    if any(not isinstance(c, str) or not c.strip() or ";" in c for c in classes):
-        raise ConfigError("config key dataset.classes: names must be non-empty strings without ';'")
-    return classes
-
 
 def _tqdm_wrap(desc: str) -> Any:
     """Return a progress wrapper ``(iterator, total) -> iterator`` drawing a tqdm bar."""
@@ -110,7 +92,7 @@ def _prepare_demo(params: Mapping[str, Any], outputs: Mapping[str, Path],
     """Generate the demo into staging directories, validate, swap them in, write the CSVs."""
     from wsss.data.demo import generate_demo
 
-    cfg = {**_DEMO_DEFAULTS, **(params.get("demo") or {})}
+    cfg = params["demo"]  # validated and filled by the config schema
     data_dir = outputs["train"].parent
     images, masks = data_dir / "images", data_dir / "masks"
     t0 = time.perf_counter()

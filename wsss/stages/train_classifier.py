@@ -139,10 +139,13 @@ def evaluate_holdout(model: nn.Module, loader: DataLoader, device: torch.device
 
 
 def _optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    backbone, heads = model.param_groups()
-    groups = [{"params": backbone, "lr": cfg["lr"], "base_lr": cfg["lr"]},
-              {"params": heads, "lr": cfg["lr"] * cfg["head_lr_mult"],
-               "base_lr": cfg["lr"] * cfg["head_lr_mult"]}]
+    """SGD (or AdamW) with a learning rate per branch and ``head_lr_mult`` x for the new heads."""
+    groups = []
+    for branch, (backbone, heads) in model.param_groups().items():
+        lr = cfg["vit_lr"] if branch == "vit" and cfg["vit_lr"] is not None else cfg["lr"]
+        groups.append({"params": backbone, "lr": lr, "base_lr": lr})
+        head_lr = lr * cfg["head_lr_mult"]
+        groups.append({"params": heads, "lr": head_lr, "base_lr": head_lr})
     if cfg["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
     # Real momentum (IRN's PolyOptimizer passed weight decay into the momentum slot).
