@@ -138,18 +138,55 @@ def evaluate_holdout(model: nn.Module, loader: DataLoader, device: torch.device
     return res
 
 
-def _optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD (or AdamW) with a learning rate per branch and ``head_lr_mult`` x for the new heads."""
-    groups = []
-    for branch, (backbone, heads) in model.param_groups().items():
-        lr = cfg["vit_lr"] if branch == "vit" and cfg["vit_lr"] is not None else cfg["lr"]
-        groups.append({"params": backbone, "lr": lr, "base_lr": lr})
-        head_lr = lr * cfg["head_lr_mult"]
-        groups.append({"params": heads, "lr": head_lr, "base_lr": head_lr})
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-    # Real momentum (IRN's PolyOptimizer passed weight decay into the momentum slot).
-    return torch.optim.SGD(groups, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+class BranchOptimizers:
+    """One optimizer per branch (``classifier.<branch>_optim``), stepped together, poly decay.
+
+    The backbone trains at ``lr`` and the new heads at ``lr * head_lr_mult``. SGD gets real
+    momentum (IRN's PolyOptimizer passed weight decay into the momentum slot).
+    """
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any]) -> None:
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for branch, (backbone, heads) in model.param_groups().items():
+            oc = cfg[f"{branch}_optim"]
+            lr, head_lr = oc["lr"], oc["lr"] * oc["head_lr_mult"]
+            groups = [{"params": backbone, "lr": lr, "base_lr": lr},
+                      {"params": heads, "lr": head_lr, "base_lr": head_lr}]
+            if oc["name"] == "adamw":
+                opt = torch.optim.AdamW(groups, weight_decay=oc["weight_decay"])
+            else:
+                opt = torch.optim.SGD(groups, momentum=oc["momentum"],
+                                      weight_decay=oc["weight_decay"])
+            self.optimizers[branch] = opt
+
+    def set_lr(self, step: int, total: int) -> None:
+        """Apply the poly schedule at ``step`` of ``total``."""
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(g["base_lr"], step, total)
+
+    def zero_grad(self) -> None:
+        """Clear every branch's gradients."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        """Step every branch through the (AMP) grad scaler."""
+        for opt in self.optimizers.values():
+            scaler.step(opt)
+
+    def lr(self) -> float:
+        """Current backbone learning rate of the first branch (for the metrics)."""
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-branch optimizer states."""
+        return {k: o.state_dict() for k, o in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore per-branch optimizer states."""
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state[k])
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
@@ -173,7 +210,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if cfg["freeze_bn"]:
         freeze_batchnorm(model.cnn.backbone)
     freeze_prefixes(model.cnn.backbone, cfg["freeze_prefixes"])
-    opt = _optimizer(model, cfg)
+    opt = BranchOptimizers(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] and device.type == "cuda")
     steps_per_epoch = len(train_ds) // cfg["batch_size"]
     total = steps_per_epoch * cfg["epochs"]
@@ -216,8 +253,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", initial=step_in_epoch,
                    total=steps_per_epoch, mininterval=5, dynamic_ncols=True)
         for img, lab in bar:
-            for g in opt.param_groups:
-                g["lr"] = poly_lr(g["base_lr"], global_step, total)
+            opt.set_lr(global_step, total)
             img, lab = img.to(device, non_blocking=True), lab.to(device, non_blocking=True)
             with autocast(device, cfg["amp"]):
                 out = model(img)
@@ -226,9 +262,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                 values = {k: float(v) for k, v in terms.items()}
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step "
                                          f"{step_in_epoch}: {values}")
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             scaler.scale(terms["loss"]).backward()
-            scaler.step(opt)
+            opt.step(scaler)
             scaler.update()
             global_step += 1
             step_in_epoch += 1
@@ -237,7 +273,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             bar.set_postfix(loss=f"{sums['loss'] / step_in_epoch:.3f}", refresh=False)
             if cfg["save_every_steps"] and step_in_epoch % cfg["save_every_steps"] == 0:
                 checkpoint(epoch, step_in_epoch, sums)
-        row = {"epoch": epoch + 1, "steps": step_in_epoch, "lr": opt.param_groups[0]["lr"],
+        row = {"epoch": epoch + 1, "steps": step_in_epoch, "lr": opt.lr(),
                "aux_losses": int(epoch >= warmup)}
         row.update({k: sums.get(k, math.nan) / max(step_in_epoch, 1) for k in LOSS_TERMS})
         row.update(evaluate_holdout(model, held_loader, device))
