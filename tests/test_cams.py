@@ -113,3 +113,13 @@ def test_h5_writer_leaves_nothing_on_error(tmp_path):
         w.add("a", (1, 1), np.array([], dtype=np.int64), {})
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_bounds_error():
+    from wsss.stages.extract_cams import quantize
+
+    x = torch.rand(3, 17, 19)
+    q = quantize(x, 512)
+    assert (q - x).abs().max() <= 1 / 1024 + 1e-7
+    assert torch.equal(quantize(x, 0), x)
+    assert torch.equal(q * 512, torch.round(q * 512))

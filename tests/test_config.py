@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wsss.config import as_params, load_config, validate_config
+from wsss.config import load_config, validate_config
 from wsss.errors import ConfigError
+from wsss.hashing import as_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,18 @@ def test_errors_name_the_key(override, key):
 def test_presets_are_valid():
     for preset in sorted((ROOT / "workflow" / "presets").glob("*.yaml")):
         load_config(ROOT / "config.yaml", __import__("yaml").safe_load(preset.read_text()))
+
+
+def test_command_line_strings_are_coerced_by_schema_type():
+    # Snakemake passes nested --config values as strings
+    cfg = validate_config({"cams": {"scales": ["0.5", "1.0"], "flip": "false", "batch_size": "4"},
+                           "dataset": {"root": "data", "demo": {"n_train": "24"}}})
+    assert cfg["cams"]["scales"] == [0.5, 1.0] and cfg["cams"]["flip"] is False
+    assert cfg["cams"]["batch_size"] == 4
+    assert cfg["dataset"]["root"] == "data" and cfg["dataset"]["demo"]["n_train"] == 24
+    assert validate_config({"run": "123"})["run"] == "123"  # strings stay strings
+    with pytest.raises(ConfigError, match="config key cams.batch_size"):
+        validate_config({"cams": {"batch_size": "four"}})
 
 
 def test_params_are_stable_json():

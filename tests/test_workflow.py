@@ -16,10 +16,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
              "--directory", str(ROOT), "--cores", "2"]
 
 
-def smk(results: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def smk(results: Path, *args: str, config: tuple[str, ...] = (), check: bool = True
+        ) -> subprocess.CompletedProcess:
     """Run Snakemake on the tiny preset with artifacts under ``results``."""
-    cmd = SNAKEMAKE + ["--configfile", str(ROOT / "workflow/presets/tiny.yaml"),
-                       "--config", f"results={results}", *args]
+    cmd = SNAKEMAKE + [*args, "--configfile", str(ROOT / "workflow/presets/tiny.yaml"),
+                       "--config", f"results={results}", *config]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -68,11 +69,11 @@ def test_second_run_does_nothing(tiny_run):
 
 
 def test_fusion_change_reruns_only_fuse_and_eval(tiny_run):
-    assert planned_jobs(smk(tiny_run, "-n", "fusion=avg")) == {"fuse_cams", "eval_seeds", "all"}
+    assert planned_jobs(smk(tiny_run, "-n", config=("fusion=avg",))) == {"fuse_cams", "eval_seeds", "all"}
 
 
 def test_scale_change_reruns_extraction_and_after(tiny_run):
-    jobs = planned_jobs(smk(tiny_run, "-n", "cams={scales: [1.0], flip: true}"))
+    jobs = planned_jobs(smk(tiny_run, "-n", config=("cams={scales: [1.0], flip: true}",)))
     assert jobs == {"extract_cams", "fuse_cams", "eval_seeds", "all"}
 
 
@@ -87,7 +88,7 @@ def test_resume_state_continues_training(tiny_run, tmp_path):
 
 
 def test_config_error_names_the_key(tmp_path):
-    proc = smk(tmp_path, "-n", "classifier={epochs: many}", check=False)
+    proc = smk(tmp_path, "-n", config=("classifier={epochs: many}",), check=False)
     assert proc.returncode != 0
     assert "config key classifier.epochs" in proc.stdout + proc.stderr
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,10 +55,48 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = root["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def coerce_strings(value: Any, node: dict[str, Any], root: dict[str, Any]) -> Any:
+    """Parse strings where the schema wants numbers, booleans or null.
+
+    Snakemake hands nested ``--config`` values over as strings (``cams={scales: [1.0]}`` gives
+    ``['1.0']``); a string is replaced only by a YAML value of an allowed type, so a real
+    mistake still fails validation with its key path.
+    """
+    node = _resolve(node, root)
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        return {k: coerce_strings(v, props[k], root) if k in props else v
+                for k, v in value.items()}
+    if isinstance(value, list):
+        items = node.get("items")
+        return [coerce_strings(v, items, root) for v in value] if isinstance(items, dict) \
+            else value
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and types and "string" not in types:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        ok = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+              "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
+              "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, dict)}
+        if any(ok[t](parsed) for t in types if t in ok):
+            return coerce_strings(parsed, node, root)
+    return value
+
+
 def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = None) -> dict:
     """Validate ``config`` against the schema; return a deep copy with every default filled in."""
     schema = schema if schema is not None else load_schema()
-    instance = copy.deepcopy(dict(config))
+    instance = coerce_strings(copy.deepcopy(dict(config)), schema, schema)
     errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         err = min(errors, key=lambda e: len(e.absolute_path))
@@ -93,13 +129,3 @@ def load_config(path: str | Path, *overrides: Mapping[str, Any]) -> dict:
     for override in overrides:
         config = deep_update(config, override)
     return validate_config(config)
-
-
-def as_params(section: Any) -> str:
-    """Serialise a config section as sorted JSON, the form stages receive through ``params:``."""
-    return json.dumps(section, sort_keys=True, separators=(",", ":"))
-
-
-def config_hash(section: Any) -> str:
-    """Return a short stable hash of a config section (stored in artifacts and resume state)."""
-    return hashlib.sha256(as_params(section).encode()).hexdigest()[:16]

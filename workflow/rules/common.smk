@@ -4,7 +4,8 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from wsss.config import as_params, validate_config
+from wsss.config import validate_config
+from wsss.hashing import as_params
 from wsss.errors import ConfigError
 from wsss.workflow import stage_sources
 

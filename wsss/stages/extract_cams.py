@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.cams.multiscale import multiscale_maps, normalize_by_max
-from wsss.config import config_hash
 from wsss.data.datasets import WholeImages
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
+from wsss.hashing import config_hash
 from wsss.io.h5store import H5Writer
 from wsss.stages.train_classifier import load_classifier
 from wsss.train.utils import autocast, resolve_device
@@ -52,9 +52,14 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     return torch.stack(imgs), torch.stack(labels), list(idx)
 
 
+def quantize(maps: torch.Tensor, q: int) -> torch.Tensor:
+    """Snap [0, 1] maps to a 1/q grid (|error| <= 1/(2q)) so float16 storage compresses well."""
+    return maps if q <= 0 else torch.round(maps * q) / q
+
+
 def extract_split(model: torch.nn.Module, records: list, n_classes: int, mean: Any, std: Any,
                   scales: list[float], flip: bool, batch_size: int, device: torch.device,
-                  writer: H5Writer, num_workers: int = 0) -> None:
+                  writer: H5Writer, quantization: int = 0, num_workers: int = 0) -> None:
     """Run multi-scale extraction over ``records`` and add every image to ``writer``."""
     ds = WholeImages(records, n_classes, mean, std)
     loader = DataLoader(ds, batch_sampler=size_batches(records, batch_size),
@@ -81,8 +86,9 @@ def extract_split(model: torch.nn.Module, records: list, n_classes: int, mean: A
                     out["attn"] = st[0].cpu().numpy()
                     continue
                 kd = keys.to(st.device)
-                out[f"{name}_strided"] = normalize_by_max(st[kd]).cpu().numpy()
-                out[name] = normalize_by_max(hr[kd]).cpu().numpy()
+                out[f"{name}_strided"] = quantize(normalize_by_max(st[kd]), quantization
+                                                  ).cpu().numpy()
+                out[name] = quantize(normalize_by_max(hr[kd]), quantization).cpu().numpy()
             done[i] = ((keys + 1).numpy(), out)
         # keep the file in record order: flush every finished prefix
         while next_i in done:
@@ -107,10 +113,11 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     store_meta = {"scales": cfg["scales"], "flip": cfg["flip"], "method": meta["method"],
                   "classifier_hash": meta["config_hash"], "config_hash": config_hash(cfg),
                   "maps": ["cnn", "tran"] if meta["method"] == "cobra" else ["cnn"],
-                  "attn_resolution": "strided"}
+                  "attn_resolution": "strided", "quantization": cfg["quantization"]}
     log.info("extracting %s CAMs for %d images at scales %s (flip=%s) on %s", meta["method"],
              len(records), cfg["scales"], cfg["flip"], device)
     with H5Writer(outputs["cams"], "cams", list(classes), store_meta) as writer:
         extract_split(model, records, len(classes) - 1, meta["mean"], meta["std"],
-                      cfg["scales"], cfg["flip"], cfg["batch_size"], device, writer)
+                      cfg["scales"], cfg["flip"], cfg["batch_size"], device, writer,
+                      cfg["quantization"])
     log.info("wrote %s", outputs["cams"])

@@ -21,10 +21,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsss.config import config_hash
 from wsss.data.datasets import ClassificationCrops, WholeImages
 from wsss.data.table import read_split_csv
 from wsss.errors import ConfigError, DataError
+from wsss.hashing import config_hash
 from wsss.io.atomic import atomic_path
 from wsss.losses import cobra as L
 from wsss.models.classifier import build_classifier, input_normalization
