@@ -16,7 +16,8 @@ import signal
 import sys
 import time
 
-STAGES = ("prepare_data", "train_classifier", "extract_cams", "fuse_cams", "eval_seeds")
+STAGES = ("prepare_data", "train_classifier", "extract_cams", "fuse_cams", "eval_seeds",
+          "make_ir_labels", "train_irn", "make_pseudo_masks", "eval_masks")
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

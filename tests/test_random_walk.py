@@ -1,0 +1,195 @@
+"""IRN pair geometry, affinity loss and random walk against hand-computed values and each other."""
+
+import math
+
+import pytest
+import torch
+
+from wsss.refine.paths import (
+    affinity_loss,
+    pair_affinity,
+    pair_labels,
+    path_pixels,
+    search_offsets,
+)
+from wsss.refine.random_walk import dense_random_walk, sparse_random_walk
+
+
+def test_search_offsets_radius_5():
+    offs = search_offsets(5)
+    # d^2 < 25 holds for 9 + 2 * (9 + 9 + 7 + 5) = 69 points, origin included -> 68 / 2 = 34
+    assert len(offs) == 34
+    assert len(set(offs)) == 34
+    assert all(0 < dy * dy + dx * dx < 25 for dy, dx in offs)
+    assert all(dy > 0 or (dy == 0 and dx > 0) for dy, dx in offs)
+    assert not {(-dy, -dx) for dy, dx in offs} & set(offs)
+    assert (0, 4) in offs and (4, 2) in offs and (4, -2) in offs
+    assert (3, 4) not in offs and (0, 5) not in offs  # distance exactly 5 is excluded
+    assert search_offsets(2) == [(0, 1), (1, -1), (1, 0), (1, 1)]
+
+
+def test_path_pixels_hand_checked():
+    assert path_pixels(0, 3) == [(0, 1), (0, 2), (0, 3)]
+    assert path_pixels(3, 0) == [(1, 0), (2, 0), (3, 0)]
+    assert path_pixels(0, -2) == [(0, -1), (0, -2)]
+    # diagonal: |x - y| <= 1, i.e. (x - y)^2 / 8 * 4 < 1 -> the diagonal and its two neighbours
+    assert set(path_pixels(2, 2)) == {(0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2)}
+    assert set(path_pixels(1, -1)) == {(0, -1), (1, 0), (1, -1)}
+    # (3, 2): (3x - 2y)^2 < 13  ->  |3x - 2y| <= 3
+    assert set(path_pixels(3, 2)) == {(1, 0), (0, 1), (1, 1), (2, 1), (3, 1), (2, 2), (3, 2)}
+    # (2, 1): every pixel of the 3x2 bounding box is within distance 1 of the line
+    assert set(path_pixels(2, 1)) == {(0, 1), (1, 0), (1, 1), (2, 0), (2, 1)}
+    assert path_pixels(2, 1)[-1] == (2, 1)  # ordered outwards, destination last
+
+
+def test_pair_affinity_edge_column():
+    edge = torch.zeros(1, 1, 4, 4)
+    edge[..., 1] = 0.75  # column 1 is an edge: paths touching it get 1 - 0.75
+    aff = pair_affinity(edge, 3)
+    offs = search_offsets(3)
+    assert aff.shape == (1, len(offs), 4, 4)
+    q, o = 0.25, 0.0
+    expected = {
+        (0, 1): [[q, q, 1, o]] * 4,                   # x=3 leaves the image
+        (0, 2): [[q, q, o, o]] * 4,                   # 0 -> 2 crosses column 1
+        (1, 0): [[1, q, 1, 1]] * 3 + [[o] * 4],       # vertical pairs inside column 1
+        (1, -1): [[o, q, q, 1]] * 3 + [[o] * 4],      # box columns x-1, x
+        (2, 1): [[q, q, 1, o]] * 2 + [[o] * 4] * 2,   # box columns x, x+1, rows y..y+2
+    }
+    for d, want in expected.items():
+        torch.testing.assert_close(aff[0, offs.index(d)], torch.tensor(want), msg=str(d))
+
+
+def test_pair_affinity_gradient_reaches_path_max():
+    edge = torch.full((1, 1, 3, 3), 0.1)
+    edge[0, 0, 0, 1] = 0.9
+    edge.requires_grad_(True)
+    aff = pair_affinity(edge, 2)
+    aff[0, search_offsets(2).index((0, 1)), 0, 0].backward()
+    grad = torch.zeros(3, 3)
+    grad[0, 1] = -1.0
+    torch.testing.assert_close(edge.grad[0, 0], grad)
+
+
+def test_pair_labels_tiny_map():
+    labels = torch.tensor([[[0, 0, 1], [255, 1, 2]]], dtype=torch.uint8)
+    m = pair_labels(labels, 2)
+    offs = search_offsets(2)  # (0, 1), (1, -1), (1, 0), (1, 1)
+    assert all(v.dtype == torch.bool and v.shape == (1, 4, 2, 3) for v in m.values())
+    z = [[0, 0, 0], [0, 0, 0]]
+    expected = {  # offset: (bg_pos, fg_pos, neg), hand-derived
+        (0, 1): ([[1, 0, 0], [0, 0, 0]], z, [[0, 1, 0], [0, 1, 0]]),
+        (1, -1): (z, [[0, 0, 1], [0, 0, 0]], z),            # (0,1)->255 unused
+        (1, 0): (z, z, [[0, 1, 1], [0, 0, 0]]),             # (0,0)->255 unused
+        (1, 1): (z, z, [[1, 1, 0], [0, 0, 0]]),
+    }
+    for d, (bg, fg, neg) in expected.items():
+        k = offs.index(d)
+        assert m["bg_pos"][0, k].tolist() == torch.tensor(bg, dtype=torch.bool).tolist(), d
+        assert m["fg_pos"][0, k].tolist() == torch.tensor(fg, dtype=torch.bool).tolist(), d
+        assert m["neg"][0, k].tolist() == torch.tensor(neg, dtype=torch.bool).tolist(), d
+    # the three classes are disjoint; every pair from the 255 pixel or leaving the image is unused
+    total = m["bg_pos"].int() + m["fg_pos"].int() + m["neg"].int()
+    assert total.max() <= 1
+    assert total[0, :, 1, 0].sum() == 0 and total[0, :, 1, 2].sum() == 0
+
+
+def test_affinity_loss_constant_affinity_4x4():
+    labels = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    labels[..., 2:] = 1  # left half background, right half class 1: all three pair kinds occur
+    masks = pair_labels(labels, 2)
+    assert all(v.any() for v in masks.values())
+    aff = torch.full(masks["neg"].shape, 0.6)
+    got = affinity_loss(aff, masks)
+    pos = -math.log(0.6 + 1e-5)
+    neg = -math.log(1 + 1e-5 - 0.6)
+    assert got["bg_pos"].item() == pytest.approx(pos, rel=1e-6)
+    assert got["fg_pos"].item() == pytest.approx(pos, rel=1e-6)
+    assert got["neg"].item() == pytest.approx(neg, rel=1e-6)
+    assert got["total"].item() == pytest.approx((pos + neg) / 2, rel=1e-6)
+
+
+def test_affinity_loss_hand_computed_and_empty_terms():
+    aff = torch.tensor([[[[0.9, 0.5, 0.2], [0.8, 0.1, 0.7]]]], requires_grad=True)
+
+    def mask(*cells: tuple[int, int]) -> torch.Tensor:
+        out = torch.zeros(1, 1, 2, 3, dtype=torch.bool)
+        for y, x in cells:
+            out[0, 0, y, x] = True
+        return out
+
+    masks = {"bg_pos": mask((0, 0), (0, 1)), "fg_pos": mask((1, 0)), "neg": mask((0, 2), (1, 1))}
+    got = affinity_loss(aff, masks)
+    bg = (-math.log(0.9 + 1e-5) - math.log(0.5 + 1e-5)) / 2
+    fg = -math.log(0.8 + 1e-5)
+    neg = (-math.log(1 + 1e-5 - 0.2) - math.log(1 + 1e-5 - 0.1)) / 2
+    assert got["pos"].item() == pytest.approx((bg + fg) / 2, rel=1e-6)
+    assert got["neg"].item() == pytest.approx(neg, rel=1e-6)
+    assert got["total"].item() == pytest.approx(((bg + fg) / 2 + neg) / 2, rel=1e-6)
+    got["total"].backward()
+    assert aff.grad[0, 0, 1, 2] == 0  # the unused pair gets no gradient
+
+    # no fg and no negatives: those terms are excluded from the averages, not counted as 0
+    only_bg = {"bg_pos": masks["bg_pos"], "fg_pos": mask(), "neg": mask()}
+    got = affinity_loss(aff, only_bg)
+    assert got["pos"].item() == pytest.approx(bg, rel=1e-6)
+    assert got["total"].item() == pytest.approx(bg, rel=1e-6)
+    only_neg = {"bg_pos": mask(), "fg_pos": mask(), "neg": masks["neg"]}
+    assert affinity_loss(aff, only_neg)["total"].item() == pytest.approx(neg, rel=1e-6)
+    empty = affinity_loss(aff, {"bg_pos": mask(), "fg_pos": mask(), "neg": mask()})
+    assert empty["total"].item() == 0.0
+    empty["total"].backward()  # still attached to the graph
+
+
+@pytest.mark.parametrize("walk", [sparse_random_walk, dense_random_walk])
+def test_walk_one_step_hand_computed(walk):
+    cams = torch.tensor([[[1.0, 2.0, 3.0]]], dtype=torch.float64)
+    edge = torch.tensor([[0.0, 0.5, 0.0]], dtype=torch.float64)
+    # x = cams * (1 - edge) = [1, 1, 3]; pair affinities 1 - max(edge on path) = 0.5, 0.5.
+    # beta 1: A = [[1, .5, 0], [.5, 1, .5], [0, .5, 1]], column sums [1.5, 2, 1.5]
+    got = walk(cams, edge, beta=1, exp_times=0, radius=2)
+    want = [1.5 / 1.5, (0.5 + 1 + 1.5) / 2, (0.5 + 3) / 1.5]
+    torch.testing.assert_close(got[0, 0], torch.tensor(want, dtype=torch.float64))
+    # beta 2: off-diagonal 0.25, column sums [1.25, 1.5, 1.25]
+    got = walk(cams, edge, beta=2, exp_times=0, radius=2)
+    want = [1.25 / 1.25, (0.25 + 1 + 0.75) / 1.5, (0.25 + 3) / 1.25]
+    torch.testing.assert_close(got[0, 0], torch.tensor(want, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("radius", "exp_times"), [(5, 8), (5, 2), (3, 4)])
+def test_sparse_walk_equals_dense(radius, exp_times):
+    g = torch.Generator().manual_seed(radius * 10 + exp_times)
+    cams = torch.rand(3, 7, 9, generator=g, dtype=torch.float64)
+    edge = torch.rand(7, 9, generator=g, dtype=torch.float64) * 0.6
+    sparse = sparse_random_walk(cams, edge, beta=10, exp_times=exp_times, radius=radius)
+    dense = dense_random_walk(cams, edge, beta=10, exp_times=exp_times, radius=radius)
+    assert sparse.shape == dense.shape == (3, 7, 9)
+    assert (sparse - dense).abs().max().item() < 1e-10
+    # and in float32, after normalising by the max as the caller does
+    s32 = sparse_random_walk(cams.float(), edge.float(), exp_times=exp_times, radius=radius)
+    d32 = dense_random_walk(cams.float(), edge.float(), exp_times=exp_times, radius=radius)
+    assert s32.dtype == torch.float32
+    # float32 rounding differs between 256 steps and 8 squarings by ~1e-5 on this grid
+    assert (s32 / s32.max() - d32 / d32.max()).abs().max().item() < 1e-4
+
+
+def test_walk_edge_wall_keeps_mass_on_its_side():
+    edge = torch.full((8, 10), 0.05)
+    edge[:, 4] = 1.0  # a closed wall: no path crosses it, so affinity 0 across
+    cams = torch.zeros(2, 8, 10)
+    cams[0, 3, 1] = 1.0  # class 0 seeded left of the wall
+    cams[1, 5, 8] = 1.0  # class 1 seeded right of the wall
+    rw = sparse_random_walk(cams, edge)
+    assert rw[0, :, 4:].abs().max() == 0 and rw[1, :, :5].abs().max() == 0
+    assert (rw[0, :, :4] > 0).all() and (rw[1, :, 5:] > 0).all()  # and spreads on its side
+    # 256 steps nearly flatten each side (weak inner edges), the seed no longer dominates
+    left = rw[0, :, :4]
+    assert left.max() / left.min() < 1.5
+    torch.testing.assert_close(rw, dense_random_walk(cams, edge), rtol=1e-4, atol=1e-7)
+
+
+def test_walk_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        sparse_random_walk(torch.zeros(2, 4, 5), torch.zeros(4, 6))
+    with pytest.raises(ValueError):
+        search_offsets(1)

@@ -1,0 +1,55 @@
+"""IRN's boundary (edge) branch on a frozen timm backbone, for the semantic random walk.
+
+Only the edge branch is needed for semantic pseudo masks (IRN's displacement branch serves
+instance segmentation). Features of every backbone stage go through a 1x1 conv to 32 channels,
+GroupNorm(4) and ReLU, are resized to stride 4, concatenated and mapped to one edge logit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.models.weights import create_backbone
+
+
+class EdgeNet(nn.Module):
+    """Frozen multi-stage features -> stride-4 boundary logits (B, 1, ceil(H/4), ceil(W/4))."""
+
+    def __init__(self, name: str, pretrained: str = "none", kwargs: dict | None = None,
+                 width: int = 32) -> None:
+        super().__init__()
+        kwargs = dict(kwargs or {})
+        kwargs.setdefault("output_stride", 16)
+        self.backbone = create_backbone(name, pretrained, features_only=True, **kwargs)
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        channels = self.backbone.feature_info.channels()
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width),
+                          nn.ReLU(inplace=True)) for c in channels)
+        self.head = nn.Conv2d(width * len(channels), 1, 1, bias=True)
+
+    def train(self, mode: bool = True) -> EdgeNet:
+        """Train the edge head only: the backbone (and its BatchNorm) stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return edge logits at stride 4 for a normalised image batch."""
+        size = (-(-x.shape[-2] // 4), -(-x.shape[-1] // 4))
+        with torch.no_grad():
+            feats = self.backbone(x)
+        outs = [F.interpolate(b(f.detach()), size, mode="bilinear", align_corners=False)
+                for b, f in zip(self.branches, feats)]
+        return self.head(torch.cat(outs, 1))
+
+    @torch.no_grad()
+    def edge_map(self, x: torch.Tensor) -> torch.Tensor:
+        """IRN's test-time boundary: sigmoid of the mean of the image's and the flipped image's
+        logits (flipped back), shape (B, h4, w4) in [0, 1]."""
+        logits = self.forward(torch.cat([x, x.flip(-1)], 0))
+        b = x.shape[0]
+        return torch.sigmoid((logits[:b] + logits[b:].flip(-1)) / 2)[:, 0]

@@ -1,0 +1,177 @@
+"""Stage train_irn: train IRN's boundary branch on the IR labels (path-affinity loss), resumable.
+
+params: {"irn": <config section>, "classes": [...], "device": str, "seed": int}
+inputs: {"labels": ir_labels/<split>.h5, "split": data/<split>.csv}
+outputs: {"model": irn/model.pt, "metrics": irn/metrics.csv}; resume state in ``irn/_state/``.
+Pairs within ``radius`` (stride-4 pixels) of the labels: both background -> bg positive, same
+class -> fg positive, different -> negative, any 255 -> unused; affinity = 1 - max edge on the
+path between them (REFERENCE.md section 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsss.data.classes import IGNORE_INDEX
+from wsss.data.datasets import load_rgb, normalize
+from wsss.data.table import read_split_csv
+from wsss.errors import DataError
+from wsss.hashing import config_hash
+from wsss.io.atomic import atomic_path
+from wsss.io.h5store import H5Reader
+from wsss.models.irn import EdgeNet
+from wsss.refine.paths import affinity_loss, pair_affinity, pair_labels
+from wsss.train.utils import (
+    EpochSampler,
+    autocast,
+    load_state,
+    poly_lr,
+    resolve_device,
+    save_state,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+
+class IRCrops(Dataset):
+    """Random rescale, flip and crop of an image and its IR label; label reduced to stride 4."""
+
+    def __init__(self, records: list, labels: H5Reader, crop: int, rescale: tuple[float, float],
+                 mean: Any, std: Any, seed: int) -> None:
+        self.records, self.labels, self.crop, self.rescale = records, labels, crop, rescale
+        self.mean, self.std, self.seed, self.epoch = mean, std, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.records[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img = load_rgb(rec.image)
+        label = self.labels.get(rec.id, ["label"])["label"]
+        if label.shape != img.shape[:2]:
+            raise DataError(f"IR label of {rec.id!r} is {label.shape}, its image {img.shape[:2]}")
+        s = rng.uniform(*self.rescale)
+        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
+        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+        if rng.random() < 0.5:
+            img, label = img[:, ::-1], label[:, ::-1]
+        x = normalize(img, self.mean, self.std)
+        c = self.crop
+        out_x = torch.zeros(3, c, c)
+        out_y = torch.full((c, c), IGNORE_INDEX, dtype=torch.uint8)
+        ch, cw = min(c, h), min(c, w)
+        sy, sx = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        dy, dx = int(rng.integers(0, c - ch + 1)), int(rng.integers(0, c - cw + 1))
+        out_x[:, dy:dy + ch, dx:dx + cw] = x[:, sy:sy + ch, sx:sx + cw]
+        out_y[dy:dy + ch, dx:dx + cw] = torch.from_numpy(
+            np.ascontiguousarray(label[sy:sy + ch, sx:sx + cw]))
+        small = F.interpolate(out_y[None, None].float(), size=(-(-c // 4), -(-c // 4)),
+                              mode="nearest")[0, 0].to(torch.uint8)
+        return out_x, small
+
+
+def irn_loss(edge_logits: torch.Tensor, labels: torch.Tensor, radius: int
+             ) -> dict[str, torch.Tensor]:
+    """IRN's affinity loss of stride-4 edge logits against stride-4 IR labels."""
+    aff = pair_affinity(torch.sigmoid(edge_logits.float()), radius)
+    return affinity_loss(aff, pair_labels(labels, radius))
+
+
+def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
+        threads: int = 1) -> None:
+    """Train the edge branch and write irn/model.pt and irn/metrics.csv."""
+    cfg, classes = params["irn"], params["classes"]
+    device = resolve_device(params["device"])
+    seed = int(params["seed"])
+    seed_everything(seed)
+    records = read_split_csv(Path(inputs["split"]), classes)
+    labels = H5Reader(inputs["labels"], kind="ir_labels")
+    missing = [r.id for r in records if r.id not in labels]
+    if missing:
+        raise DataError(f"{inputs['labels']} has no IR label for {len(missing)} image(s) of "
+                        f"{inputs['split']}, e.g. {missing[0]!r}")
+    if len(records) < cfg["batch_size"]:
+        raise DataError(f"{inputs['split']}: {len(records)} images is fewer than "
+                        f"irn.batch_size = {cfg['batch_size']}")
+    bb = cfg["backbone"]
+    model = EdgeNet(bb["name"], bb.get("pretrained", "none"), bb.get("kwargs")).to(device)
+    pcfg = model.backbone.pretrained_cfg or {}
+    mean = tuple(pcfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(pcfg.get("std", (0.229, 0.224, 0.225)))
+    ds = IRCrops(records, labels, cfg["crop"], tuple(cfg["rescale"]), mean, std, seed)
+    params_to_train = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params_to_train, lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    steps = len(ds) // cfg["batch_size"]
+    total = steps * cfg["epochs"]
+    state_path = Path(outputs["model"]).parent / "_state" / "last.pt"
+    fingerprint = config_hash({"cfg": cfg, "classes": classes, "seed": seed, "n": len(records),
+                               "labels": labels.meta})
+    state = load_state(state_path, fingerprint)
+    epoch, rows, global_step = 0, [], 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        epoch, rows, global_step = state["epoch"], state["rows"], state["global_step"]
+        log.info("resuming from %s at epoch %d", state_path, epoch)
+    log.info("training the IRN edge branch (%s) on %d images, %d epochs x %d steps on %s",
+             bb["name"], len(ds), cfg["epochs"], steps, device)
+    while epoch < cfg["epochs"]:
+        t0 = time.time()
+        ds.epoch = epoch
+        loader = DataLoader(ds, batch_size=cfg["batch_size"], drop_last=True,
+                            sampler=EpochSampler(len(ds), seed, epoch),
+                            num_workers=cfg["num_workers"])
+        model.train()
+        sums: dict[str, float] = {}
+        for img, lab in tqdm(loader, desc=f"irn epoch {epoch + 1}/{cfg['epochs']}",
+                             mininterval=5, dynamic_ncols=True):
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(cfg["lr"], global_step, total)
+            with autocast(device, True):
+                logits = model(img.to(device))
+            terms = irn_loss(logits, lab.to(device), cfg["radius"])
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            opt.step()
+            global_step += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()},
+               "seconds": round(time.time() - t0, 1)}
+        rows.append(row)
+        log.info("epoch %d: %s", epoch + 1, row)
+        epoch += 1
+        save_state(state_path, {"fingerprint": fingerprint, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "epoch": epoch, "rows": rows,
+                                "global_step": global_step})
+    with atomic_path(outputs["model"]) as tmp:
+        torch.save({"state_dict": model.state_dict(),
+                    "meta": {"backbone": bb, "mean": list(mean), "std": list(std),
+                             "classes": list(classes), "config_hash": fingerprint}}, tmp)
+    with atomic_path(outputs["metrics"]) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def load_irn(path: str | Path, device: torch.device) -> tuple[EdgeNet, dict[str, Any]]:
+    """Rebuild a trained edge network from irn/model.pt (weights only)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]
+    bb = meta["backbone"]
+    model = EdgeNet(bb["name"], "none", bb.get("kwargs"))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), meta
