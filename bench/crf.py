@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=None, help="images per task (default: auto)")
     ap.add_argument("--threshold", choices=["auto", "attention", "fixed", "gmm"], default="auto")
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
@@ -126,7 +127,7 @@ def main() -> None:
         labeller = Labeller(seeds, cams if mode == "attention" else None, cfg)
 
         def parallel() -> list:
-            with contextlib.closing(label_images(tasks, labeller, args.workers)) as stream:
+            with contextlib.closing(label_images(tasks, labeller, args.workers, args.chunk)) as stream:
                 return list(stream)
 
         def serial() -> list:

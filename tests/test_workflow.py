@@ -69,7 +69,8 @@ def test_second_run_does_nothing(tiny_run):
 
 
 def test_fusion_change_reruns_only_fuse_and_eval(tiny_run):
-    assert planned_jobs(smk(tiny_run, "-n", config=("fusion=avg",))) == {"fuse_cams", "eval_seeds", "all"}
+    jobs = planned_jobs(smk(tiny_run, "-n", config=("fusion=avg",)))
+    assert jobs == {"fuse_cams", "eval_seeds", "all"}
 
 
 def test_scale_change_reruns_extraction_and_after(tiny_run):
