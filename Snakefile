@@ -15,9 +15,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/classifier.smk"
 include: "workflow/rules/cams.smk"
+include: "workflow/rules/refine.smk"
 
 
 rule all:
     input:
         f"{R}/metrics/seeds.csv",
+        f"{R}/metrics/masks.csv",
     default_target: True

@@ -127,7 +127,8 @@ def main() -> None:
         labeller = Labeller(seeds, cams if mode == "attention" else None, cfg)
 
         def parallel() -> list:
-            with contextlib.closing(label_images(tasks, labeller, args.workers, args.chunk)) as stream:
+            stream = label_images(tasks, labeller, args.workers, args.chunk)
+            with contextlib.closing(stream):
                 return list(stream)
 
         def serial() -> list:

@@ -60,6 +60,22 @@ def test_pair_affinity_edge_column():
         torch.testing.assert_close(aff[0, offs.index(d)], torch.tensor(want), msg=str(d))
 
 
+def test_pair_affinity_matches_per_pixel_loop():
+    g = torch.Generator().manual_seed(3)
+    edge = torch.rand(2, 1, 5, 6, generator=g)
+    aff = pair_affinity(edge, 4)
+    for k, (dy, dx) in enumerate(search_offsets(4)):
+        path = [(0, 0), *path_pixels(dy, dx)]
+        for b in range(2):
+            for y in range(5):
+                for x in range(6):
+                    inside = [(y + py, x + px) for py, px in path
+                              if 0 <= y + py < 5 and 0 <= x + px < 6]
+                    want = 0.0 if len(inside) < len(path) else \
+                        1.0 - max(edge[b, 0, i, j].item() for i, j in inside)
+                    assert aff[b, k, y, x].item() == pytest.approx(want, abs=1e-7)
+
+
 def test_pair_affinity_gradient_reaches_path_max():
     edge = torch.full((1, 1, 3, 3), 0.1)
     edge[0, 0, 0, 1] = 0.9

@@ -59,12 +59,16 @@ def map_lite0_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` skipping classifier heads; fail on any other mismatch."""
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+               features_only: bool = False) -> None:
+    """Load ``state`` into ``model`` skipping classifier heads (and, for a features-only
+    backbone, the layers it drops); any missing or other unexpected key fails."""
     own = model.state_dict()
     head_prefixes = ("classifier.", "fc.", "head.", "head_dist.")
     kept = {k: v for k, v in state.items() if not (k.startswith(head_prefixes) and (
         k not in own or own[k].shape != v.shape))}
+    if features_only:
+        kept = {k: v for k, v in kept.items() if k in own}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     missing = [k for k in missing if not k.startswith(head_prefixes)]
     if missing or unexpected:
@@ -110,5 +114,5 @@ def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn
             state = state["state_dict"]
         if isinstance(state, dict) and "model" in state:
             state = state["model"]
-    _load_into(model, state, str(path))
+    _load_into(model, state, str(path), features_only=bool(kwargs.get("features_only")))
     return model

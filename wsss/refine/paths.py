@@ -76,21 +76,33 @@ def pair_affinity(edge: torch.Tensor, radius: int) -> torch.Tensor:
 
     ``edge`` is a (B, 1, H, W) boundary probability in [0, 1]. The map is padded with 1.0 by
     ``radius - 1`` pixels left, right and below (offsets never point up), so a pair whose
-    destination leaves the image gets affinity 0. Differentiable; one shifted view per path pixel,
-    no loop over pixels.
+    destination leaves the image gets affinity 0. The maxima are found on shifted views without
+    autograd (no loop over pixels); the result is then gathered from ``edge`` at each path's
+    argmax, so it is differentiable (gradient to the first maximum along the path, origin first)
+    while the graph keeps one int64 index per pair instead of every path pixel.
     """
     if edge.dim() != 4 or edge.shape[1] != 1:
         raise ValueError(f"edge must be (B, 1, H, W), got {tuple(edge.shape)}")
     offsets = search_offsets(radius)
     margin = radius - 1
-    size = (edge.shape[-2], edge.shape[-1])
+    b, _, h, w = edge.shape
     padded = F.pad(edge[:, 0], (margin, margin, 0, margin), value=1.0)
-    maxima = []
-    for dy, dx in offsets:
-        views = [edge[:, 0]] + [_shifted(padded, py, px, size, margin)
-                                for py, px in path_pixels(dy, dx)]
-        maxima.append(torch.stack(views, 0).amax(0))
-    return 1.0 - torch.stack(maxima, 1)
+    row = w + 2 * margin  # flat index of padded[y, x] is y * row + x
+    origin = (torch.arange(h, device=edge.device)[:, None] * row + margin
+              + torch.arange(w, device=edge.device)[None, :]).expand(b, h, w)
+    with torch.no_grad():
+        argmax = []
+        for dy, dx in offsets:
+            best, where = edge[:, 0], origin
+            for py, px in path_pixels(dy, dx):
+                value = _shifted(padded, py, px, (h, w), margin)
+                better = value > best
+                best = torch.where(better, value, best)
+                where = torch.where(better, origin + (py * row + px), where)
+            argmax.append(where)
+        index = torch.stack(argmax, 1).reshape(b, -1)
+    picked = padded.reshape(b, -1).gather(1, index)
+    return 1.0 - picked.view(b, len(offsets), h, w)
 
 
 def pair_labels(labels: torch.Tensor, radius: int) -> dict[str, torch.Tensor]:

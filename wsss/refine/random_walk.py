@@ -85,12 +85,13 @@ def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float = 10,
     inner.copy_(cams * (1.0 - edge))
     views = [padded[:, margin + ey:margin + ey + h, margin + ex:margin + ex + w]
              for ey, ex in offsets]
+    y = torch.empty_like(inner, memory_format=torch.contiguous_format)
     for _ in range(2 ** exp_times):
-        y = inner * self_weight
+        torch.mul(inner, self_weight, out=y)
         for view, weight in zip(views, weights, strict=True):
             y.addcmul_(view, weight)
         inner.copy_(y)
-    return inner.clone()
+    return y
 
 
 @torch.no_grad()

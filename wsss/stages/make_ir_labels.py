@@ -190,17 +190,17 @@ def label_images(tasks: Sequence[Task], labeller: Labeller, workers: int = 1,
                  chunk_size: int | None = None) -> Iterator[ImageResult]:
     """Yield the IR labels of ``tasks`` in order, computed in ``workers`` processes.
 
-    At most ``2 * workers`` chunks are in flight. A worker's exception is re-raised here (a
-    DataError naming the image); a worker that dies is reported with the images in flight. On
-    any error, or when the consumer stops early, pending chunks are cancelled and the pool is
-    shut down.
+    At most ``4 * workers`` chunks are in flight (queued ahead, so a slow chunk at the head
+    does not idle the other workers). A worker's exception is re-raised here (a DataError
+    naming the image); a worker that dies is reported with the images in flight. On any error,
+    or when the consumer stops early, pending chunks are cancelled and the pool is shut down.
     """
     if workers <= 1 or len(tasks) <= 1:
         for t in tasks:
             yield labeller.label(t)
         return
     workers = min(workers, len(tasks))
-    size = chunk_size or max(1, min(8, len(tasks) // (workers * 4)))
+    size = chunk_size or max(1, min(4, len(tasks) // (workers * 8)))
     chunks = [list(tasks[i:i + size]) for i in range(0, len(tasks), size)]
     labeller.close()  # never hand an open HDF5 handle to another process
     pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker,
@@ -210,7 +210,7 @@ def label_images(tasks: Sequence[Task], labeller: Labeller, workers: int = 1,
     try:
         for chunk in todo:
             pending.append((chunk, pool.submit(_label_chunk, chunk)))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= 4 * workers:
                 break
         while pending:
             chunk, fut = pending.popleft()

@@ -146,7 +146,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                 logits = model(img.to(device))
             terms = irn_loss(logits, lab.to(device), cfg["radius"])
             opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            terms["total"].backward()
             opt.step()
             global_step += 1
             for k, v in terms.items():
