@@ -21,5 +21,11 @@ include: "workflow/rules/refine.smk"
 rule all:
     input:
         f"{R}/metrics/seeds.csv",
-        f"{R}/metrics/masks.csv",
     default_target: True
+
+
+rule masks:
+    """Refinement up to the pseudo masks (in progress): snakemake --cores all masks"""
+    input:
+        f"{R}/metrics/seeds.csv",
+        f"{R}/metrics/masks.csv",

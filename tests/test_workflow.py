@@ -64,6 +64,18 @@ def test_dag_produces_seed_metrics(tiny_run):
         assert (run / "benchmarks" / f"{rule}.tsv").exists()
 
 
+def test_refinement_chain_reaches_masks(tiny_run):
+    proc = smk(tiny_run, "masks")
+    run = tiny_run / "tiny"
+    masks = pd.read_csv(run / "metrics/masks.csv")
+    assert list(masks["variant"]) == ["walk", "walk_crf"]
+    assert masks["miou"].between(0, 1).all()
+    ir = pd.read_csv(run / "metrics/ir_labels_train.csv")
+    assert ir["id"].iloc[-1] == "__total__" and len(ir) == 25
+    assert len(list((run / "masks/train").glob("*.png"))) == 24, proc.stdout[-2000:]
+    assert planned_jobs(smk(tiny_run, "-n", "masks")) == set()
+
+
 def test_second_run_does_nothing(tiny_run):
     assert planned_jobs(smk(tiny_run, "-n")) == set()
 
