@@ -1,6 +1,6 @@
 """IR labels (two label-CRF passes per image) in worker processes vs a serial loop, same outputs.
 
-    python bench/crf.py [--images 64] [--workers 2] [--repeats 3] [--run-dir results/demo]
+    python bench/crf.py [--images 128] [--workers 2] [--repeats 3] [--run-dir results/demo]
 
 Uses the first N images of ``<run-dir>/seeds/train.h5`` (images from ``<run-dir>/data/train.csv``,
 attention thresholds when ``<run-dir>/cams/train.h5`` holds ``attn``) when present; otherwise
@@ -94,7 +94,7 @@ def main() -> None:
     """Time the IR-label computation in worker processes and serially; check equal labels."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", default="results/demo")
-    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=None, help="images per task (default: auto)")
