@@ -31,7 +31,8 @@ def multi_hot(labels: Sequence[int], n_classes: int) -> torch.Tensor:
 
 def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Convert an (H, W, 3) uint8 image to a normalised (3, H, W) float tensor."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    # a copy: PIL-backed arrays are read-only, which torch.from_numpy warns about
+    t = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     return t.sub_(torch.tensor(mean)[:, None, None]).div_(torch.tensor(std)[:, None, None])
 
 
@@ -60,17 +61,23 @@ class ClassificationCrops(Dataset):
         if rng.random() < 0.5:
             arr = arr[:, ::-1]
         t = normalize(arr, self.mean, self.std)
-        return random_crop(t, self.crop, rng), multi_hot(rec.labels, self.n_classes)
+        (t,) = random_crop([t], [0.0], self.crop, rng)
+        return t, multi_hot(rec.labels, self.n_classes)
 
 
-def random_crop(t: torch.Tensor, crop: int, rng: np.random.Generator) -> torch.Tensor:
-    """Crop (or zero-pad, then crop) a (3, H, W) tensor to (3, crop, crop) at a random place."""
-    _, h, w = t.shape
-    out = torch.zeros(t.shape[0], crop, crop, dtype=t.dtype)
+def random_crop(tensors: Sequence[torch.Tensor], fills: Sequence[float], crop: int,
+                rng: np.random.Generator) -> list[torch.Tensor]:
+    """Crop (or pad with ``fills``, then crop) same-size (..., H, W) tensors to (..., crop, crop)
+    at one random place, e.g. an image (fill 0) and its label map (fill 255)."""
+    h, w = tensors[0].shape[-2:]
     ch, cw = min(crop, h), min(crop, w)
     sy, sx = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     dy, dx = int(rng.integers(0, crop - ch + 1)), int(rng.integers(0, crop - cw + 1))
-    out[:, dy:dy + ch, dx:dx + cw] = t[:, sy:sy + ch, sx:sx + cw]
+    out = []
+    for t, fill in zip(tensors, fills, strict=True):
+        o = torch.full((*t.shape[:-2], crop, crop), fill, dtype=t.dtype)
+        o[..., dy:dy + ch, dx:dx + cw] = t[..., sy:sy + ch, sx:sx + cw]
+        out.append(o)
     return out
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.models.branches import CNNBranch, ViTBranch
+from wsss.models.weights import input_stats
 
 
 class CAMNet(nn.Module):
@@ -88,6 +89,4 @@ def build_classifier(params: dict[str, Any], n_classes: int) -> nn.Module:
 
 def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Return (mean, std) of the CNN's pretrained config, used for both branches' input."""
-    cfg = getattr(model.cnn.backbone, "pretrained_cfg", {}) or {}
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    return mean, tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return input_stats(model.cnn.backbone)

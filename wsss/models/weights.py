@@ -116,3 +116,10 @@ def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn
             state = state["model"]
     _load_into(model, state, str(path), features_only=bool(kwargs.get("features_only")))
     return model
+
+
+def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) input normalisation of a timm model's pretrained config (ImageNet default)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return (tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+            tuple(cfg.get("std", (0.229, 0.224, 0.225))))

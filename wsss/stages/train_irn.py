@@ -24,13 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wsss.data.classes import IGNORE_INDEX
-from wsss.data.datasets import load_rgb, normalize
+from wsss.data.datasets import load_rgb, normalize, random_crop
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.hashing import config_hash
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.models.irn import EdgeNet
+from wsss.models.weights import input_stats
 from wsss.refine.paths import affinity_loss, pair_affinity, pair_labels
 from wsss.train.utils import (
     EpochSampler,
@@ -69,17 +70,11 @@ class IRCrops(Dataset):
         label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
         if rng.random() < 0.5:
             img, label = img[:, ::-1], label[:, ::-1]
-        x = normalize(img, self.mean, self.std)
-        c = self.crop
-        out_x = torch.zeros(3, c, c)
-        out_y = torch.full((c, c), IGNORE_INDEX, dtype=torch.uint8)
-        ch, cw = min(c, h), min(c, w)
-        sy, sx = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        dy, dx = int(rng.integers(0, c - ch + 1)), int(rng.integers(0, c - cw + 1))
-        out_x[:, dy:dy + ch, dx:dx + cw] = x[:, sy:sy + ch, sx:sx + cw]
-        out_y[dy:dy + ch, dx:dx + cw] = torch.from_numpy(
-            np.ascontiguousarray(label[sy:sy + ch, sx:sx + cw]))
-        small = F.interpolate(out_y[None, None].float(), size=(-(-c // 4), -(-c // 4)),
+        y = torch.from_numpy(np.ascontiguousarray(label))
+        out_x, out_y = random_crop([normalize(img, self.mean, self.std), y],
+                                   [0.0, IGNORE_INDEX], self.crop, rng)
+        side = -(-self.crop // 4)
+        small = F.interpolate(out_y[None, None].float(), size=(side, side),
                               mode="nearest")[0, 0].to(torch.uint8)
         return out_x, small
 
@@ -109,9 +104,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                         f"irn.batch_size = {cfg['batch_size']}")
     bb = cfg["backbone"]
     model = EdgeNet(bb["name"], bb.get("pretrained", "none"), bb.get("kwargs")).to(device)
-    pcfg = model.backbone.pretrained_cfg or {}
-    mean = tuple(pcfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(pcfg.get("std", (0.229, 0.224, 0.225)))
+    mean, std = input_stats(model.backbone)
     ds = IRCrops(records, labels, cfg["crop"], tuple(cfg["rescale"]), mean, std, seed)
     params_to_train = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params_to_train, lr=cfg["lr"], momentum=cfg["momentum"],
