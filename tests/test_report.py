@@ -1,0 +1,242 @@
+"""The report stage: summary rows and order, charts, overlay sheets and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from wsss.data.table import read_split_csv, write_split_csv
+from wsss.errors import DataError
+from wsss.io.h5store import H5Reader, H5Writer
+from wsss.report import overlays
+from wsss.report.overlays import PANEL_PX, PANELS, choose_records, write_sheets
+from wsss.report.plots import best_per_stage, load_summary, stage_bars
+from wsss.stages import report
+
+CLASSES = ["background", "cat", "dog"]
+SIZES = {"a": (20, 24), "b": (16, 16), "c": (18, 12)}  # (H, W); "b" has no ground truth
+
+
+def _write_csv(path: Path, rows: list[dict]) -> str:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def _ious(miou: float) -> dict[str, float]:
+    return {f"iou_{c}": miou + 0.01 * i for i, c in enumerate(CLASSES)}
+
+
+def predict_half(image: np.ndarray) -> np.ndarray:
+    """A stand-in segmenter: the left half of the image is 'cat'."""
+    out = np.zeros(image.shape[:2], dtype=np.uint8)
+    out[:, : image.shape[1] // 2] = 1
+    return out
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, str]:
+    """Three tiny images, their stores (seeds, IR labels, masks) and the four metrics CSVs."""
+    rng = np.random.default_rng(0)
+    records = []
+    for ident, (h, w) in SIZES.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / f"{ident}.png")
+        mask = None
+        if ident != "b":
+            gt = np.zeros((h, w), np.uint8)
+            gt[2:8, 2:8], gt[0] = 1, 255
+            Image.fromarray(gt).save(tmp_path / f"{ident}_gt.png")
+            mask = f"{ident}_gt.png"
+        records.append({"id": ident, "image": f"{ident}.png", "mask": mask, "labels": ["cat"]})
+    write_split_csv(tmp_path / "train.csv", records)
+    with H5Writer(tmp_path / "seeds.h5", "seeds", CLASSES, {"fusion": "fuse"}) as seeds, \
+            H5Writer(tmp_path / "ir.h5", "ir_labels", CLASSES,
+                     {"ir_labels": {"threshold": "attention"}}) as ir, \
+            H5Writer(tmp_path / "masks.h5", "masks", CLASSES, {"rule": "cobra"}) as masks:
+        for ident, (h, w) in SIZES.items():
+            keys = np.array([1])
+            label = np.zeros((h, w), np.uint8)
+            label[3:9, 3:9], label[-1] = 1, 255
+            seeds.add(ident, (h, w), keys, {"cam": rng.random((1, h, w))})
+            ir.add(ident, (h, w), keys, {"label": label}, dtypes={"label": np.uint8})
+            masks.add(ident, (h, w), keys, {"mask": label, "mask_crf": np.minimum(label, 1)},
+                      dtypes={"mask": np.uint8, "mask_crf": np.uint8})
+    seeds_rows = [{"variant": v, "rule": r, "threshold": 0.3, "miou": m, "selected": v == "fuse",
+                   **_ious(m)} for v, r, m in [("fuse", "sweep", 0.40), ("fuse", "attention", 0.35),
+                                               ("cnn", "sweep", 0.45), ("cnn", "attention", 0.30)]]
+    ir_rows = [{"id": "a", "bg_threshold": 0.1, "fg_threshold": 0.3, "confident_fraction": 0.5,
+                "precision": 0.9},
+               {"id": "__total__", "bg_threshold": 0.1, "fg_threshold": 0.3,
+                "confident_fraction": 0.5, "precision": 0.9, "miou": 0.5, **_ious(0.5)}]
+    return {
+        "seeds_metrics": _write_csv(tmp_path / "seeds.csv", seeds_rows),
+        "ir_metrics": _write_csv(tmp_path / "ir.csv", ir_rows),
+        "masks_metrics": _write_csv(tmp_path / "masks.csv", [
+            {"variant": "walk", "rule": "cobra", "miou": 0.55, **_ious(0.55)},
+            {"variant": "walk_crf", "rule": "cobra", "miou": 0.60, **_ious(0.60)}]),
+        "seg_metrics": _write_csv(tmp_path / "seg.csv", [
+            {"variant": "raw", "miou": 0.62, "iou_background": 0.9},  # class columns may be absent
+            {"variant": "crf", "miou": 0.65, **_ious(0.65)}]),
+        "split": str(tmp_path / "train.csv"),
+        "seeds": str(tmp_path / "seeds.h5"),
+        "ir_labels": str(tmp_path / "ir.h5"),
+        "masks": str(tmp_path / "masks.h5"),
+        "model": str(tmp_path / "model.pt"),  # never opened: the predictor is injected
+    }
+
+
+def _outputs(root: Path) -> dict[str, str]:
+    return {"summary": str(root / "report/summary.csv"),
+            "stages_plot": str(root / "report/miou_stages.png"),
+            "classes_plot": str(root / "report/iou_classes.png"),
+            "overlays": str(root / "report/overlays")}
+
+
+PARAMS = {"report": {"overlay_images": 2}, "predict": {"scales": [1.0], "flip": False},
+          "classes": CLASSES, "device": "cpu"}
+
+
+def _png_size(path: str | Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.verify()
+        assert im.format == "PNG"
+        return im.size
+
+
+@pytest.fixture
+def injected(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Replace the segmentation model by ``predict_half``; records the loader's arguments."""
+    calls: list[tuple] = []
+
+    def fake(*args: object) -> overlays.Predictor:
+        calls.append(args)
+        return predict_half
+
+    monkeypatch.setattr(report, "segmenter_predictor", fake)
+    return calls
+
+
+def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
+    outs = _outputs(tmp_path)
+    report.run(inputs, outs, PARAMS)
+    summary = pd.read_csv(outs["summary"])
+    assert list(summary.columns[:3]) == ["stage", "variant", "miou"]
+    assert list(summary["stage"]) == ["seeds"] * 4 + ["ir_labels", "masks", "masks",
+                                                      "segmentation", "segmentation"]
+    assert list(summary["variant"]) == ["fuse/sweep", "fuse/attention", "cnn/sweep",
+                                        "cnn/attention", "attention", "walk", "walk_crf",
+                                        "raw", "crf"]
+    assert summary["miou"].tolist() == pytest.approx(
+        [0.40, 0.35, 0.45, 0.30, 0.50, 0.55, 0.60, 0.62, 0.65])
+    assert {f"iou_{c}" for c in CLASSES} <= set(summary.columns)
+    assert np.isnan(summary.loc[7, "iou_cat"])  # absent in the raw segmentation row
+    for key in ("stages_plot", "classes_plot"):
+        w, h = _png_size(outs[key])
+        assert w > 300 and h > 200
+    sheets = sorted(Path(outs["overlays"]).iterdir())
+    assert [p.name for p in sheets] == ["a.png", "b.png"]  # the first two ids of the split
+    assert injected[0][1:] == (PARAMS["predict"], "cpu", CLASSES)
+    assert not list(tmp_path.glob("report/.*"))  # no temporary leftovers
+
+
+def test_stage_plot_keeps_best_seed_only(inputs):
+    summary = load_summary(inputs, "attention", CLASSES)
+    bars = stage_bars(summary)
+    assert list(zip(bars["stage"], bars["variant"])) == [
+        ("seeds", "cnn/sweep"), ("ir_labels", "attention"), ("masks", "walk"),
+        ("masks", "walk_crf"), ("segmentation", "raw"), ("segmentation", "crf")]
+    best = best_per_stage(summary)
+    assert list(best["variant"]) == ["cnn/sweep", "attention", "walk_crf", "crf"]
+
+
+def test_ir_variant_defaults_to_total(inputs, tmp_path, injected):
+    with H5Writer(tmp_path / "ir2.h5", "ir_labels", CLASSES, {}) as ir:
+        for ident, size in SIZES.items():
+            ir.add(ident, size, np.array([1]), {"label": np.zeros(size, np.uint8)},
+                   dtypes={"label": np.uint8})
+    outs = _outputs(tmp_path)
+    report.run({**inputs, "ir_labels": str(tmp_path / "ir2.h5")}, outs,
+               {**PARAMS, "report": {"overlay_images": 0}})
+    summary = pd.read_csv(outs["summary"])
+    assert summary.loc[summary["stage"] == "ir_labels", "variant"].tolist() == ["total"]
+    assert list(Path(outs["overlays"]).iterdir()) == [] and injected == []
+
+
+def test_ir_metrics_without_miou_names_the_file(inputs, tmp_path, injected):
+    table = pd.read_csv(inputs["ir_metrics"])
+    table = table.drop(columns=[c for c in table.columns if c == "miou" or c.startswith("iou_")])
+    table.to_csv(inputs["ir_metrics"], index=False)
+    with pytest.raises(DataError, match=r"ir\.csv.*miou"):
+        report.run(inputs, _outputs(tmp_path), PARAMS)
+    assert not (tmp_path / "report").exists()
+
+
+def test_unknown_overlay_id_names_it(inputs, tmp_path, injected):
+    params = {**PARAMS, "report": {"overlay_images": ["c", "zebra"]}}
+    with pytest.raises(DataError, match=r"'zebra'.*train\.csv"):
+        report.run(inputs, _outputs(tmp_path), params)
+    assert not (tmp_path / "report").exists()
+
+
+def test_choose_records_count_or_ids(inputs):
+    records = read_split_csv(Path(inputs["split"]), CLASSES)
+    assert [r.id for r in choose_records(records, 2, "x")] == ["a", "b"]
+    assert [r.id for r in choose_records(records, 10, "x")] == ["a", "b", "c"]
+    assert [r.id for r in choose_records(records, ["c", "a"], "x")] == ["c", "a"]
+
+
+def test_sheet_has_six_panels_and_grey_no_gt_panel(inputs, tmp_path):
+    records = read_split_csv(Path(inputs["split"]), CLASSES)[:2]
+    stores = [H5Reader(inputs[k]) for k in ("seeds", "ir_labels", "masks")]
+    out = tmp_path / "sheets"
+    out.mkdir()
+    written = write_sheets(records, *stores, predict_half, CLASSES, out)
+    assert [p.name for p in written] == ["a.png", "b.png"]
+    for path in written:
+        w, h = _png_size(path)
+        assert len(PANELS) == 6 and w == 6 * PANEL_PX and PANEL_PX < h < 2 * PANEL_PX
+    with Image.open(written[1]) as im:  # "b" has no ground truth: a grey last panel
+        rgb = np.asarray(im.convert("RGB"))
+    centre = rgb[rgb.shape[0] // 2, int(5.5 * PANEL_PX)]
+    assert np.all(np.abs(centre.astype(int) - 191) <= 2)
+
+
+def test_prediction_of_wrong_size_is_refused(inputs, tmp_path):
+    records = read_split_csv(Path(inputs["split"]), CLASSES)[:1]
+    stores = [H5Reader(inputs[k]) for k in ("seeds", "ir_labels", "masks")]
+    with pytest.raises(DataError, match="prediction of image 'a'"):
+        write_sheets(records, *stores, lambda img: np.zeros((3, 3), np.uint8), CLASSES,
+                     tmp_path)
+
+
+def _tiny_segmenter(path: Path, classes: list[str]) -> None:
+    """A randomly initialised DeepLabV3+ on timm's tiny test backbone, saved as model.pt."""
+    import torch
+
+    from wsss.models.segmentation import build_segmenter, save_segmenter, segmenter_meta
+
+    torch.manual_seed(0)
+    cfg = {"model": "deeplabv3plus",
+           "backbone": {"name": "test_efficientnet", "pretrained": "none", "kwargs": {}}}
+    model = build_segmenter(cfg, len(classes))
+    save_segmenter(path, model, segmenter_meta(model, cfg, classes))
+
+
+def test_stage_with_a_saved_segmenter(inputs, tmp_path):
+    _tiny_segmenter(Path(inputs["model"]), CLASSES)
+    outs = _outputs(tmp_path)
+    params = {**PARAMS, "report": {"overlay_images": ["c"]},
+              "predict": {"scales": [1.0, 0.5], "flip": True}}
+    report.run(inputs, outs, params)
+    (sheet,) = Path(outs["overlays"]).iterdir()
+    assert sheet.name == "c.png" and _png_size(sheet)[0] == 6 * PANEL_PX
+
+
+def test_segmenter_of_other_classes_is_refused(inputs, tmp_path):
+    _tiny_segmenter(Path(inputs["model"]), ["background", "cat"])
+    with pytest.raises(DataError, match=r"model\.pt was trained on classes"):
+        report.run(inputs, _outputs(tmp_path), PARAMS)

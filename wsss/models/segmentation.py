@@ -1,0 +1,252 @@
+"""The final segmentation networks (DeepLabV3+ and DeepLab-LargeFOV) on timm backbones.
+
+Both are fully fine-tuned (the backbone's BatchNorm trains normally, unlike IRN's frozen
+backbone) and return logits at the input size, background included as class 0.
+
+* ``DeepLabV3Plus``: Chen et al. 2018, "Encoder-Decoder with Atrous Separable Convolution":
+  ASPP at output stride 16 and a decoder that fuses the stride-4 low-level feature.
+* ``LargeFOV``: the DeepLab-LargeFOV head as CoSA-MS uses it (REFERENCE.md section 6): two 3x3
+  convs with dilation 5 to 512 channels and a 1x1 classifier on the last backbone feature.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.errors import ConfigError
+from wsss.io.atomic import atomic_path
+from wsss.models.weights import create_backbone, input_stats
+
+log = logging.getLogger(__name__)
+
+MODELS = ("deeplabv3plus", "largefov")
+
+# Maps the reductions of every feature stage to the out_indices a model takes.
+_Picker = Callable[[list[int]], tuple[int, ...]]
+
+
+def _feature_backbone(name: str, pretrained: str, kwargs: dict | None, pick: _Picker,
+                      key: str) -> nn.Module:
+    """Build a features_only timm backbone returning the stages ``pick`` chooses.
+
+    A first, weightless build on the meta device reads every stage's reduction (the strides
+    already reflect ``output_stride``); the real build then asks for the chosen stages only.
+    Backbones without an ``output_stride`` argument (ViTs, Swin) are built at their native stride.
+    """
+    kwargs = dict(kwargs or {})
+    for own in ("features_only", "out_indices"):
+        if own in kwargs:
+            raise ConfigError(f"config key {key}.backbone.kwargs.{own}: chosen by the segmentation "
+                              "model from the backbone's strides; remove it")
+    explicit_stride = "output_stride" in kwargs
+    kwargs.setdefault("output_stride", 16)
+
+    def probe() -> nn.Module:
+        # out_indices=(-1,) keeps the probe valid for any depth; feature_info.info still lists
+        # every stage.
+        try:
+            with torch.device("meta"):
+                return create_backbone(name, "none", features_only=True, out_indices=(-1,),
+                                       **kwargs)
+        except ConfigError as exc:  # pretrained="none": only the name can be wrong
+            raise ConfigError(f"config key {key}.backbone.name: {exc}") from exc
+
+    def bad_kwargs(exc: Exception) -> ConfigError:
+        return ConfigError(f"config key {key}.backbone.kwargs: {name!r} rejects {kwargs} "
+                           f"({type(exc).__name__}: {exc})")
+
+    try:
+        try:
+            info = probe().feature_info.info
+        except TypeError as exc:
+            if explicit_stride or "output_stride" not in str(exc):
+                raise
+            kwargs.pop("output_stride")  # no output_stride argument: take the native strides
+            info = probe().feature_info.info
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise bad_kwargs(exc) from exc
+    out_indices = pick([int(fi["reduction"]) for fi in info])
+    try:
+        return create_backbone(name, pretrained, features_only=True, out_indices=out_indices,
+                               **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"config key {key}.backbone.pretrained: {exc}") from exc
+
+
+def _conv_bn_relu(c_in: int, c_out: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm + ReLU with 'same' padding."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def _init_new_layers(modules: Sequence[nn.Module]) -> None:
+    """He-normal init for the new convs, BatchNorm to identity (the backbone keeps its own)."""
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, three atrous 3x3 and an image-pooling branch."""
+
+    def __init__(self, c_in: int, rates: Sequence[int] = (6, 12, 18), width: int = 256,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(c_in, width, 1)] + [_conv_bn_relu(c_in, width, 3, r) for r in rates])
+        # Image pooling without BatchNorm: BN over a 1x1 map of batch 1 has a single value per
+        # channel and fails in train mode (crop batches of 1 are common on small GPUs / CPU).
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, width, 1, bias=True),
+                                  nn.ReLU(inplace=True))
+        self.project = nn.Sequential(_conv_bn_relu(width * (len(rates) + 2), width, 1),
+                                     nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the fused multi-rate feature at the input's resolution."""
+        outs = [b(x) for b in self.branches]
+        outs.append(self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        return self.project(torch.cat(outs, 1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLabV3+: ASPP on the stride-16 feature, decoder with the stride-4 feature."""
+
+    def __init__(self, backbone: str, n_classes: int, pretrained: str = "none",
+                 kwargs: dict | None = None, aspp_rates: Sequence[int] = (6, 12, 18),
+                 key: str = "segmentation") -> None:
+        super().__init__()
+        stride = int((kwargs or {}).get("output_stride", 16))
+
+        def pick(reductions: list[int]) -> tuple[int, ...]:
+            low = [i for i, r in enumerate(reductions) if r == 4]
+            if not low:
+                raise ConfigError(
+                    f"config key {key}.backbone.name: {backbone!r} has no stride-4 feature stage "
+                    f"(stage strides {reductions}); DeepLabV3+ needs one, use model: largefov")
+            if reductions[-1] != stride:
+                raise ConfigError(
+                    f"config key {key}.backbone.name: {backbone!r} ends at stride "
+                    f"{reductions[-1]}, DeepLabV3+ needs output stride {stride} (a backbone "
+                    "that accepts timm's output_stride)")
+            return low[-1], len(reductions) - 1
+
+        self.backbone = _feature_backbone(backbone, pretrained, kwargs, pick, key)
+        c_low, c_high = self.backbone.feature_info.channels()
+        self.aspp = ASPP(c_high, tuple(int(r) for r in aspp_rates))
+        self.low_proj = _conv_bn_relu(c_low, 48, 1)
+        self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))
+        self.classifier = nn.Conv2d(256, n_classes, 1)
+        _init_new_layers([self.aspp, self.low_proj, self.decoder])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits (B, n_classes, H, W) for a normalised image batch."""
+        low, high = self.backbone(x)
+        low = self.low_proj(low)
+        y = F.interpolate(self.aspp(high), low.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.classifier(self.decoder(torch.cat([y, low], 1)))
+        return F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class LargeFOV(nn.Module):
+    """DeepLab-LargeFOV head (CoSA-MS) on the last backbone feature."""
+
+    def __init__(self, backbone: str, n_classes: int, pretrained: str = "none",
+                 kwargs: dict | None = None, dilation: int = 5, width: int = 512,
+                 dropout: float = 0.5, key: str = "segmentation") -> None:
+        super().__init__()
+
+        def pick(reductions: list[int]) -> tuple[int, ...]:
+            if reductions[-1] != 16:
+                log.info("LargeFOV on %s at output stride %d", backbone, reductions[-1])
+            return (len(reductions) - 1,)
+
+        self.backbone = _feature_backbone(backbone, pretrained, kwargs, pick, key)
+        c_in = self.backbone.feature_info.channels()[-1]
+        # Dropout 0.5 after each ReLU is DeepLab-LargeFOV's (fc6/fc7); CoSA's head as described
+        # in REFERENCE.md section 6 has none. dropout=0 gives CoSA's head exactly.
+        self.head = nn.Sequential(
+            nn.Conv2d(c_in, width, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True),
+            nn.Dropout(dropout))
+        self.classifier = nn.Conv2d(width, n_classes, 1)
+        _init_new_layers([self.head])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class logits (B, n_classes, H, W) for a normalised image batch."""
+        feat = self.backbone(x)[-1]
+        y = self.classifier(self.head(feat))
+        return F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_segmenter(cfg: dict[str, Any], n_classes: int, key: str = "segmentation") -> nn.Module:
+    """Build the segmenter a config section names (``model``, ``backbone``, ``aspp_rates``)."""
+    name = cfg.get("model", "deeplabv3plus")
+    bb = cfg.get("backbone") or {}
+    if "name" not in bb:
+        raise ConfigError(f"config key {key}.backbone.name: missing")
+    common = {"backbone": bb["name"], "n_classes": n_classes,
+              "pretrained": bb.get("pretrained", "none"), "kwargs": bb.get("kwargs") or {},
+              "key": key}
+    if name == "deeplabv3plus":
+        return DeepLabV3Plus(aspp_rates=cfg.get("aspp_rates") or (6, 12, 18), **common)
+    if name == "largefov":
+        return LargeFOV(**common)
+    raise ConfigError(f"config key {key}.model: {name!r} is not one of {', '.join(MODELS)}")
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+    """Optimizer groups: backbone at ``lr``, new head/decoder layers at ``lr * head_lr_mult``.
+
+    Each group carries ``base_lr`` for the poly schedule (as in ``train_classifier``).
+    """
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    seen = {id(p) for p in model.backbone.parameters()}
+    head = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
+    head_lr = lr * head_lr_mult
+    return [{"params": backbone, "lr": lr, "base_lr": lr, "name": "backbone"},
+            {"params": head, "lr": head_lr, "base_lr": head_lr, "name": "head"}]
+
+
+def segmenter_meta(model: nn.Module, model_cfg: dict[str, Any], classes: Sequence[str]) -> dict:
+    """The checkpoint meta ``load_segmenter`` needs: config, class names, input normalisation."""
+    mean, std = input_stats(model.backbone)
+    return {"model_cfg": copy.deepcopy(dict(model_cfg)), "n_classes": len(classes),
+            "classes": list(classes), "mean": list(mean), "std": list(std)}
+
+
+def save_segmenter(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``{"state_dict", "meta"}`` atomically; meta needs ``model_cfg`` and ``n_classes``."""
+    missing = [k for k in ("model_cfg", "n_classes") if k not in meta]
+    if missing:
+        raise ValueError(f"segmenter meta lacks {missing}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu",
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved segmenter (no pretrained download) and load its weights, in eval mode."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]
+    cfg = copy.deepcopy(meta["model_cfg"])
+    cfg["backbone"] = {**cfg.get("backbone", {}), "pretrained": "none"}
+    model = build_segmenter(cfg, int(meta["n_classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), meta

@@ -1,0 +1,1 @@
+"""Test-time use of the trained segmenter: multi-scale + flip probabilities and label maps."""

@@ -1,0 +1,61 @@
+"""Stage report: one table and two charts of mIoU across the stages, plus per-image sheets.
+
+params: {"report": {"overlay_images": N (first N ids of the split, default 6) | [ids]},
+         "predict": {"scales": [...], "flip": bool}, "classes": [...], "device": str}
+inputs: {"seeds_metrics": metrics/seeds.csv, "ir_metrics": metrics/ir_labels_train.csv,
+         "masks_metrics": metrics/masks.csv, "seg_metrics": metrics/segmentation.csv,
+         "split": data/train.csv, "seeds": seeds/train.h5, "ir_labels": ir_labels/train.h5,
+         "masks": masks/train.h5, "model": segmentation/model.pt}
+outputs: {"summary": report/summary.csv (``stage, variant, miou, iou_<class>...``; stages in
+          order seeds, ir_labels, masks, segmentation), "stages_plot": report/miou_stages.png,
+          "classes_plot": report/iou_classes.png, "overlays": report/overlays/ (<id>.png each)}
+Everything is checked (metrics columns, overlay ids, store classes) before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from wsss.data.table import read_split_csv
+from wsss.errors import DataError
+from wsss.io.atomic import atomic_dir, atomic_path
+from wsss.io.h5store import H5Reader
+from wsss.report.overlays import choose_records, segmenter_predictor, write_sheets
+from wsss.report.plots import load_summary, plot_classes, plot_stages
+
+log = logging.getLogger(__name__)
+DEFAULT_OVERLAYS = 6
+
+
+def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
+        threads: int = 1) -> None:
+    """Write the summary table, the two mIoU charts and the overlay sheets."""
+    classes = list(params["classes"])
+    stores = {"seeds": H5Reader(inputs["seeds"], kind="seeds"),
+              "ir_labels": H5Reader(inputs["ir_labels"], kind="ir_labels"),
+              "masks": H5Reader(inputs["masks"], kind="masks")}
+    for name, store in stores.items():
+        if store.classes != classes:
+            raise DataError(f"{inputs[name]} holds classes {store.classes}, the config has "
+                            f"{classes}")
+    ir_variant = str(stores["ir_labels"].meta.get("ir_labels", {}).get("threshold", "total"))
+    summary = load_summary(inputs, ir_variant, classes)
+    records = read_split_csv(Path(inputs["split"]), classes)
+    chosen = choose_records(records, params.get("report", {}).get("overlay_images",
+                                                                  DEFAULT_OVERLAYS),
+                            inputs["split"])
+    with atomic_dir(outputs["overlays"]) as tmp_dir:
+        if chosen:
+            predict = segmenter_predictor(inputs["model"], params["predict"], params["device"],
+                                          classes)
+            write_sheets(chosen, stores["seeds"], stores["ir_labels"], stores["masks"], predict,
+                         classes, tmp_dir)
+    with atomic_path(outputs["summary"]) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.4f")
+    plot_stages(summary, outputs["stages_plot"])
+    plot_classes(summary, classes, outputs["classes_plot"])
+    log.info("summary:\n%s", summary[["stage", "variant", "miou"]].to_string(index=False))
+    log.info("wrote %s, %s, %s and %d overlay sheet(s) in %s", outputs["summary"],
+             outputs["stages_plot"], outputs["classes_plot"], len(chosen), outputs["overlays"])
