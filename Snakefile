@@ -16,16 +16,22 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/classifier.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/refine.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
+    """The whole DAG: seeds -> IR labels -> masks -> segmentation -> report."""
     input:
-        f"{R}/metrics/seeds.csv",
+        f"{R}/report/summary.csv",
     default_target: True
 
 
 rule masks:
-    """Refinement up to the pseudo masks (in progress): snakemake --cores all masks"""
+    """Stop after the pseudo masks: snakemake --cores all masks"""
     input:
         f"{R}/metrics/seeds.csv",
         f"{R}/metrics/masks.csv",

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -209,3 +210,52 @@ def test_walk_rejects_bad_shapes():
         sparse_random_walk(torch.zeros(2, 4, 5), torch.zeros(4, 6))
     with pytest.raises(ValueError):
         search_offsets(1)
+
+
+def test_batched_walk_equals_per_image():
+    g = torch.Generator().manual_seed(7)
+    cams = torch.rand(3, 2, 6, 8, generator=g, dtype=torch.float64)
+    edge = torch.rand(3, 6, 8, generator=g, dtype=torch.float64) * 0.8
+    batched = sparse_random_walk(cams, edge, exp_times=4, radius=3)
+    assert batched.shape == cams.shape
+    for b in range(3):
+        single = sparse_random_walk(cams[b], edge[b], exp_times=4, radius=3)
+        assert (batched[b] - single).abs().max().item() < 1e-12
+    with pytest.raises(ValueError):
+        sparse_random_walk(cams, edge[:2])
+
+
+def test_background_power_crossover():
+    from wsss.stages.make_pseudo_masks import background_power
+
+    assert background_power(0.3, 0.7) == pytest.approx(1.0)  # t = 0.5: (1 - t) = t at p = 1
+    p = background_power(0.2, 0.6)  # t = 0.4
+    assert p == pytest.approx(math.log(0.4) / math.log(0.6))
+    assert (1 - 0.4) ** p == pytest.approx(0.4)
+    assert background_power(0.0, 0.0) == pytest.approx(math.log(0.01) / math.log(0.99))
+
+
+def test_mask_rules_hand_made():
+    from wsss.stages.make_pseudo_masks import masks_from_walk, walk_channels
+
+    keys = [3, 5]
+    cams = torch.zeros(2, 2, 2)
+    cams[0, 0, 0], cams[1, 1, 1], cams[0, 0, 1] = 0.9, 0.8, 0.3
+    chans = walk_channels(cams, "psa", 1.0)
+    assert chans.shape == (3, 2, 2)
+    # background = 1 - max over classes
+    torch.testing.assert_close(chans[2], torch.tensor([[0.1, 0.7], [1.0, 0.2]]))
+    assert walk_channels(cams, "irn", 1.0) is cams
+    # without walking (identity), upsampled x4 and cropped to 7x6; bilinear keeps cell centres
+    psa = masks_from_walk(chans, keys, (7, 6), "psa")
+    assert psa.shape == (7, 6) and psa.dtype == np.uint8
+    assert psa[1, 1] == 3 and psa[5, 5] == 5 and psa[5, 1] == 0 and psa[1, 5] == 0
+    # irn: global max 0.9, bg 0.25: the 0.3 cell (0.33 after division) is class 3
+    irn = masks_from_walk(cams, keys, (8, 8), "irn", bg_score=0.25)
+    assert irn[1, 5] == 3 and irn[5, 1] == 0 and irn[6, 6] == 5
+    # cobra: class 3 keeps >= 0.31 * 0.9 + 0 = 0.279, so the 0.3 cell too; background 0
+    cobra = masks_from_walk(cams, keys, (8, 8), "cobra")
+    assert cobra[1, 1] == 3 and cobra[1, 6] == 3 and cobra[6, 6] == 5
+    assert (masks_from_walk(cams[:0], [], (5, 5), "psa") == 0).all()
+    with pytest.raises(ValueError):
+        masks_from_walk(cams, keys, (8, 8), "nope")

@@ -51,7 +51,8 @@ def test_dag_produces_seed_metrics(tiny_run):
     assert set(seeds["rule"]) == {"sweep", "attention"}
     assert len(seeds) == 10
     assert seeds["miou"].between(0, 1).all()
-    assert seeds.loc[seeds["variant"] == "fuse", "selected"].all()
+    selected = seeds.loc[seeds["selected"], "variant"]
+    assert len(selected) == 2 and selected.nunique() == 1  # the configured fusion, both rules
     for col in ("iou_background", "iou_bird", "iou_sheep"):
         assert col in seeds.columns
     metrics = pd.read_csv(run / "classifier/metrics.csv")
@@ -76,18 +77,48 @@ def test_refinement_chain_reaches_masks(tiny_run):
     assert planned_jobs(smk(tiny_run, "-n", "masks")) == set()
 
 
+def test_dag_ends_with_segmentation_and_report(tiny_run):
+    run = tiny_run / "tiny"
+    seg = pd.read_csv(run / "metrics/segmentation.csv")
+    assert list(seg["variant"]) == ["raw", "crf"] and seg["miou"].between(0, 1).all()
+    summary = pd.read_csv(run / "report/summary.csv")
+    assert list(summary.columns[:3]) == ["stage", "variant", "miou"]
+    assert list(dict.fromkeys(summary["stage"])) == ["seeds", "ir_labels", "masks",
+                                                     "segmentation"]
+    assert set(summary.loc[summary["stage"] == "segmentation", "variant"]) == {"raw", "crf"}
+    assert set(summary.loc[summary["stage"] == "masks", "variant"]) == {"walk", "walk_crf"}
+    assert len(list((run / "report/overlays").glob("*.png"))) == 2
+    for png in ("miou_stages.png", "iou_classes.png"):
+        assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((run / "predictions/val").glob("*.png"))) == 8
+    metrics = pd.read_csv(run / "segmentation/metrics.csv")
+    assert list(metrics["epoch"]) == [1] and (run / "segmentation/_state/last.pt").exists()
+    for rule in ("train_segmentation", "predict_val", "eval_segmentation", "report"):
+        assert (run / "logs" / f"{rule}.log").stat().st_size > 0
+        assert (run / "benchmarks" / f"{rule}.tsv").exists()
+
+
 def test_second_run_does_nothing(tiny_run):
     assert planned_jobs(smk(tiny_run, "-n")) == set()
 
 
-def test_fusion_change_reruns_only_fuse_and_eval(tiny_run):
+DOWNSTREAM_OF_SEEDS = {"make_ir_labels", "train_irn", "make_pseudo_masks", "eval_masks",
+                       "train_segmentation", "predict", "eval_segmentation", "report", "all"}
+
+
+def test_fusion_change_reruns_from_fusion_on(tiny_run):
     jobs = planned_jobs(smk(tiny_run, "-n", config=("fusion=avg",)))
-    assert jobs == {"fuse_cams", "eval_seeds", "all"}
+    assert jobs == {"fuse_cams", "eval_seeds"} | DOWNSTREAM_OF_SEEDS
 
 
 def test_scale_change_reruns_extraction_and_after(tiny_run):
     jobs = planned_jobs(smk(tiny_run, "-n", config=("cams={scales: [1.0], flip: true}",)))
-    assert jobs == {"extract_cams", "fuse_cams", "eval_seeds", "all"}
+    assert jobs == {"extract_cams", "fuse_cams", "eval_seeds"} | DOWNSTREAM_OF_SEEDS
+
+
+def test_predict_change_reruns_only_prediction_and_after(tiny_run):
+    jobs = planned_jobs(smk(tiny_run, "-n", config=("predict={scales: [1.0, 0.5]}",)))
+    assert jobs == {"predict", "eval_segmentation", "report", "all"}
 
 
 def test_resume_state_continues_training(tiny_run, tmp_path):

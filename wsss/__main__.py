@@ -17,7 +17,8 @@ import sys
 import time
 
 STAGES = ("prepare_data", "train_classifier", "extract_cams", "fuse_cams", "eval_seeds",
-          "make_ir_labels", "train_irn", "make_pseudo_masks", "eval_masks")
+          "make_ir_labels", "train_irn", "make_pseudo_masks", "eval_masks", "train_segmentation",
+          "predict", "eval_segmentation", "report")
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

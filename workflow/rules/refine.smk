@@ -68,6 +68,7 @@ rule make_pseudo_masks:
         irn=f"{R}/irn/model.pt",
         seeds=f"{R}/seeds/{{split}}.h5",
         cams=f"{R}/cams/{{split}}.h5",
+        ir_labels=f"{R}/ir_labels/{{split}}.h5",
         split=f"{R}/data/{{split}}.csv",
         code=stage_sources("make_pseudo_masks"),
     output:
@@ -90,7 +91,8 @@ rule make_pseudo_masks:
         ENV
     shell:
         "python -m wsss make_pseudo_masks --input irn={input.irn} --input seeds={input.seeds}"
-        " --input cams={input.cams} --input split={input.split} --output masks={output.masks}"
+        " --input cams={input.cams} --input ir_labels={input.ir_labels}"
+        " --input split={input.split} --output masks={output.masks}"
         " --output png={output.png} --params {params.cfg:q} --threads {threads} --log {log}"
 
 

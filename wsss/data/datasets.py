@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,21 @@ def load_rgb(path: object) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_mask(path: object, size: tuple[int, int], image_id: str) -> np.ndarray:
+    """Read a ground-truth mask (uint8 class indices, 255 ignore) and check it has ``size``."""
+    if path is None:
+        raise DataError(f"image {image_id!r} has no ground-truth mask to score against")
+    try:
+        with Image.open(path) as im:
+            gt = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read mask {path}: {exc}") from exc
+    if gt.shape != tuple(size):
+        raise DataError(f"mask {path} is {gt.shape[1]}x{gt.shape[0]} but the maps of "
+                        f"{image_id!r} are {size[1]}x{size[0]}")
+    return gt
 
 
 def multi_hot(labels: Sequence[int], n_classes: int) -> torch.Tensor:
@@ -95,3 +111,17 @@ class WholeImages(Dataset):
         rec = self.records[i]
         return (normalize(load_rgb(rec.image), self.mean, self.std),
                 multi_hot(rec.labels, self.n_classes), i)
+
+
+def size_batches(records: list, batch_size: int) -> list[list[int]]:
+    """Group record indices into batches of images with identical (H, W), in record order."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        try:
+            with Image.open(rec.image) as im:
+                groups[(im.height, im.width)].append(i)
+        except OSError as exc:
+            raise DataError(f"cannot read image {rec.image}: {exc}") from exc
+    batches = [idx[j:j + batch_size] for idx in groups.values()
+               for j in range(0, len(idx), batch_size)]
+    return sorted(batches, key=lambda b: b[0])

@@ -48,18 +48,19 @@ def _pair_entries(edge: torch.Tensor,
 
 def _neighbour_weights(edge: torch.Tensor, radius: int,
                        beta: float) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
-    """Offsets e of all neighbours, weights A[q, q+e] / s[q] as (n_nbr, h, w), and 1 / s[q]."""
-    h, w = edge.shape
+    """Offsets e of all neighbours, weights A[q, q+e] / s[q] as (B, n_nbr, h, w), and 1 / s[q]
+    as (B, 1, h, w), for a (B, h, w) edge map."""
+    h, w = edge.shape[-2:]
     margin = radius - 1
-    aff = pair_affinity(edge[None, None], radius)[0].pow(beta)  # (K, h, w), 0 outside the image
+    aff = pair_affinity(edge[:, None], radius).pow(beta)  # (B, K, h, w), 0 outside the image
     # pair (q, q+d) is stored at its source q: at q the weight of neighbour q-d is aff_d[q-d]
     padded = F.pad(aff, (margin, margin, margin, margin))
     offsets, maps = [], []
     for k, (dy, dx) in enumerate(search_offsets(radius)):
         offsets += [(dy, dx), (-dy, -dx)]
-        maps += [aff[k], padded[k, margin - dy:margin - dy + h, margin - dx:margin - dx + w]]
-    weights = torch.stack(maps)
-    sums = 1.0 + weights.sum(0)  # the diagonal of A is 1
+        maps += [aff[:, k], padded[:, k, margin - dy:margin - dy + h, margin - dx:margin - dx + w]]
+    weights = torch.stack(maps, 1)
+    sums = 1.0 + weights.sum(1, keepdim=True)  # the diagonal of A is 1
     return offsets, weights / sums, 1.0 / sums
 
 
@@ -71,27 +72,39 @@ def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float = 10,
     Same result as :func:`dense_random_walk` (up to rounding). Each step is
     ``y[q] = (x[q] + sum_e A[q, q+e] x[q+e]) / s[q]`` over the ``2 * len(search_offsets(radius))``
     neighbour offsets ``e``, computed with shifted views of a zero-padded copy of ``x`` (one
-    multiply-add per offset, no index tensors): memory ~(n_neighbours + 2 C) h w floats. Returns
-    the propagated (C, h, w) maps in the dtype and on the device of ``cams``; the caller
+    multiply-add per offset, no index tensors): memory ~(n_neighbours + 2 C) h w floats.
+    Batched form: (B, C, h, w) maps over (B, h, w) edge maps walk each image independently in
+    the same number of tensor operations (the per-operation overhead dominates small images).
+    Returns the propagated maps in the shape, dtype and device of ``cams``; the caller
     upsamples, crops and normalises.
     """
-    _check(cams, edge, exp_times)
-    c, h, w = cams.shape
+    batched = cams.dim() == 4
+    if batched:
+        if edge.dim() != 3 or edge.shape[0] != cams.shape[0]:
+            raise ValueError(f"batched walk needs cams (B, C, h, w) and edge (B, h, w), got "
+                             f"{tuple(cams.shape)} and {tuple(edge.shape)}")
+        for b in range(cams.shape[0]):
+            _check(cams[b], edge[b], exp_times)
+    else:
+        _check(cams, edge, exp_times)
+        cams, edge = cams[None], edge[None]
+    b, c, h, w = cams.shape
     margin = radius - 1
     edge = edge.to(cams.dtype)
     offsets, weights, self_weight = _neighbour_weights(edge, radius, beta)
-    padded = cams.new_zeros(c, h + 2 * margin, w + 2 * margin)
-    inner = padded[:, margin:margin + h, margin:margin + w]
-    inner.copy_(cams * (1.0 - edge))
-    views = [padded[:, margin + ey:margin + ey + h, margin + ex:margin + ex + w]
+    weights = weights.unsqueeze(2)  # (B, n_nbr, 1, h, w): broadcast over the channels
+    padded = cams.new_zeros(b, c, h + 2 * margin, w + 2 * margin)
+    inner = padded[..., margin:margin + h, margin:margin + w]
+    inner.copy_(cams * (1.0 - edge[:, None]))
+    views = [padded[..., margin + ey:margin + ey + h, margin + ex:margin + ex + w]
              for ey, ex in offsets]
     y = torch.empty_like(inner, memory_format=torch.contiguous_format)
     for _ in range(2 ** exp_times):
         torch.mul(inner, self_weight, out=y)
-        for view, weight in zip(views, weights, strict=True):
-            y.addcmul_(view, weight)
+        for k, view in enumerate(views):
+            y.addcmul_(view, weights[:, k])
         inner.copy_(y)
-    return y
+    return y if batched else y[0]
 
 
 @torch.no_grad()

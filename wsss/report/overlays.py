@@ -20,12 +20,11 @@ from matplotlib.patches import Patch
 from tqdm import tqdm
 
 from wsss.data.classes import IGNORE_INDEX, voc_palette
-from wsss.data.datasets import load_rgb, normalize
+from wsss.data.datasets import load_mask, load_rgb, normalize
 from wsss.data.table import Record
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
-from wsss.stages.eval_seeds import load_mask
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 

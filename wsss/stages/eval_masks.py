@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from wsss.data.datasets import load_mask
 from wsss.data.table import read_split_csv
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.metrics import ConfusionMeter
-from wsss.stages.eval_seeds import load_mask
 
 log = logging.getLogger(__name__)
 VARIANTS = {"walk": "mask", "walk_crf": "mask_crf"}

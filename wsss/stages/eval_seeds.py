@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from wsss.cams.fuse import available_fusions, fuse_maps
 from wsss.cams.thresholds import attention_threshold, labels_at_threshold
 from wsss.data.classes import IGNORE_INDEX
+from wsss.data.datasets import load_mask
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
@@ -53,18 +53,6 @@ def sweep_confusions(cams: np.ndarray, keys: np.ndarray, gt: np.ndarray,
     out = np.ascontiguousarray(fg.transpose(2, 0, 1))  # keys >= 1, so column 0 is empty
     out[:, :, 0] = counts.sum((1, 2))[None, :] - fg.sum(1).T  # the rest is background
     return out
-
-
-def load_mask(path: Path | None, size: tuple[int, int], image_id: str) -> np.ndarray:
-    """Read a ground-truth mask and check it matches the map size."""
-    if path is None:
-        raise DataError(f"image {image_id!r} has no ground-truth mask; seeds cannot be scored")
-    with Image.open(path) as im:
-        gt = np.asarray(im)
-    if gt.shape != tuple(size):
-        raise DataError(f"mask {path} is {gt.shape[1]}x{gt.shape[0]} but the CAMs of "
-                        f"{image_id!r} are {size[1]}x{size[0]}")
-    return gt
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],

@@ -11,18 +11,16 @@ branch per scale yields every map.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsss.cams.multiscale import multiscale_maps, normalize_by_max
-from wsss.data.datasets import WholeImages
+from wsss.data.datasets import WholeImages, size_batches
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.hashing import config_hash
@@ -31,20 +29,6 @@ from wsss.stages.train_classifier import load_classifier
 from wsss.train.utils import autocast, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def size_batches(records: list, batch_size: int) -> list[list[int]]:
-    """Group record indices into batches of images with identical (H, W), in record order."""
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, rec in enumerate(records):
-        try:
-            with Image.open(rec.image) as im:
-                groups[(im.height, im.width)].append(i)
-        except OSError as exc:
-            raise DataError(f"cannot read image {rec.image}: {exc}") from exc
-    batches = [idx[j:j + batch_size] for idx in groups.values()
-               for j in range(0, len(idx), batch_size)]
-    return sorted(batches, key=lambda b: b[0])
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -3,9 +3,10 @@
 params: {"ir_labels": <section>, "classes": [...]}
 inputs: {"seeds": seeds/<split>.h5, "cams": cams/<split>.h5 (for ``attn``),
          "split": data/<split>.csv}
-outputs: {"labels": ir_labels/<split>.h5 (per image ``keys`` and uint8 ``label``: class index,
-0 background, 255 ignore), "metrics": CSV ``id, bg_threshold, fg_threshold, confident_fraction,
-precision`` per image plus a ``__total__`` row}
+outputs: {"labels": ir_labels/<split>.h5 (per image ``keys``, uint8 ``label``: class index,
+0 background, 255 ignore, and float32 ``thresholds`` = (bg, fg)), "metrics": CSV ``id,
+bg_threshold, fg_threshold, confident_fraction, precision`` per image plus a ``__total__`` row
+that adds ``miou`` and ``iou_<class>`` (255 counted as background)}
 
 Images are labelled in ``threads`` worker processes (forkserver, falling back to spawn) in chunks;
 results are written from the main process in split order, so the output equals a serial run.
@@ -17,12 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import zlib
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,8 @@ from wsss.data.table import Record, read_split_csv
 from wsss.errors import ConfigError, DataError
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader, H5Writer
+from wsss.metrics import confusion, iou_from_confusion, mean_iou
+from wsss.parallel import ordered_map
 from wsss.refine.ir_labels import (
     IrConfig,
     attention_thresholds,
@@ -78,6 +77,7 @@ class ImageResult:
     has_mask: bool
     fg_clipped: bool = False
     fallback: bool = False
+    confusion: np.ndarray | None = None  # (n, n) [gt, label] with 255 counted as background
 
 
 class Labeller:
@@ -116,6 +116,10 @@ class Labeller:
             return cfg.fixed_bg, cfg.fixed_fg, False, True
         return fit.bg, fit.fg, False, False
 
+    def __call__(self, task: Task) -> ImageResult:
+        """Label one image (the worker function of the process pool)."""
+        return self.label(task)
+
     def label(self, task: Task) -> ImageResult:
         """Label one image; any failure becomes a DataError naming the image."""
         try:
@@ -137,6 +141,7 @@ class Labeller:
         label = ir_label(cams, keys, image, fg, bg, self.cfg.crf)
         confident = label != IGNORE_INDEX
         scored = correct = 0
+        conf = None
         if task.mask is not None:
             with Image.open(task.mask) as im:
                 gt = np.asarray(im)
@@ -146,87 +151,19 @@ class Labeller:
             valid = confident & (gt != IGNORE_INDEX)
             scored = int(valid.sum())
             correct = int((valid & (label == gt)).sum())
+            conf = confusion(gt, label, len(self.seeds.classes))
         return ImageResult(id=task.id, size=tuple(size), keys=keys, label=label, bg=bg, fg=fg,
                            pixels=label.size, confident=int(confident.sum()), scored=scored,
                            correct=correct, has_mask=task.mask is not None, fg_clipped=clipped,
-                           fallback=fallback)
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker processes
-
-_WORKER: Labeller | None = None
-
-
-def _init_worker(labeller: Labeller) -> None:
-    """Pool initializer: keep the labeller and stop BLAS threads oversubscribing the cores."""
-    global _WORKER
-    _WORKER = labeller
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover (a scikit-learn dependency)
-        pass
-
-
-def _label_chunk(tasks: list[Task]) -> list[ImageResult]:
-    """Worker entry point: label a chunk of images in order."""
-    assert _WORKER is not None, "worker not initialised"
-    return [_WORKER.label(t) for t in tasks]
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    """A start method that never forks a possibly multi-threaded parent (STEGO #16 hangs)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        # Import the heavy modules once in the server; workers fork from it already loaded.
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
+                           fallback=fallback, confusion=conf)
 
 
 def label_images(tasks: Sequence[Task], labeller: Labeller, workers: int = 1,
                  chunk_size: int | None = None) -> Iterator[ImageResult]:
-    """Yield the IR labels of ``tasks`` in order, computed in ``workers`` processes.
-
-    At most ``4 * workers`` chunks are in flight (queued ahead, so a slow chunk at the head
-    does not idle the other workers). A worker's exception is re-raised here (a DataError
-    naming the image); a worker that dies is reported with the images in flight. On any error,
-    or when the consumer stops early, pending chunks are cancelled and the pool is shut down.
-    """
-    if workers <= 1 or len(tasks) <= 1:
-        for t in tasks:
-            yield labeller.label(t)
-        return
-    workers = min(workers, len(tasks))
-    size = chunk_size or max(1, min(4, len(tasks) // (workers * 8)))
-    chunks = [list(tasks[i:i + size]) for i in range(0, len(tasks), size)]
-    labeller.close()  # never hand an open HDF5 handle to another process
-    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker,
-                               initargs=(labeller,))
-    pending: deque[tuple[list[Task], Future[list[ImageResult]]]] = deque()
-    todo = iter(chunks)
-    try:
-        for chunk in todo:
-            pending.append((chunk, pool.submit(_label_chunk, chunk)))
-            if len(pending) >= 4 * workers:
-                break
-        while pending:
-            chunk, fut = pending.popleft()
-            try:
-                results = fut.result()
-            except BrokenProcessPool as exc:  # killed (e.g. out of memory) or crashed
-                busy = [t.id for c in [chunk, *(c for c, _ in pending)] for t in c]
-                more = f" (and {len(busy) - 8} more)" if len(busy) > 8 else ""
-                raise DataError(f"a worker process died while labelling one of the images "
-                                f"{', '.join(map(repr, busy[:8]))}{more}: {exc}") from exc
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_label_chunk, nxt)))
-            yield from results
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """Yield the IR labels of ``tasks`` in order, computed in ``workers`` processes (see
+    :func:`wsss.parallel.ordered_map`: errors name the image, a dead worker stops the stage)."""
+    return ordered_map(labeller, tasks, workers, chunk_size, preload=[__name__],
+                       what="labelling")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,8 +211,9 @@ def _tasks(records: Sequence[Record], cfg: IrConfig, seeds: H5Reader,
     return [Task(r.id, r.image, r.mask, bg, fg) for r in records]
 
 
-def _metrics_rows(results: list[ImageResult]) -> list[dict[str, Any]]:
-    """Per-image rows and the ``__total__`` row (thresholds: mean over images)."""
+def _metrics_rows(results: list[ImageResult], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-image rows and the ``__total__`` row (thresholds: mean over images; mIoU of the
+    labels with 255 counted as background, the convention of :mod:`wsss.metrics`)."""
     def precision(correct: int, scored: int, has_mask: bool) -> float:
         return correct / scored if has_mask and scored else float("nan")
 
@@ -291,6 +229,11 @@ def _metrics_rows(results: list[ImageResult]) -> list[dict[str, Any]]:
                  if pixels else float("nan"),
                  "precision": precision(sum(r.correct for r in results), scored,
                                         any(r.has_mask for r in results))})
+    confs = [r.confusion for r in results if r.confusion is not None]
+    total = np.sum(confs, axis=0) if confs else None
+    rows[-1]["miou"] = mean_iou(total) if total is not None else float("nan")
+    ious = iou_from_confusion(total) if total is not None else np.full(len(classes), np.nan)
+    rows[-1].update({f"iou_{c}": float(v) for c, v in zip(classes, ious, strict=True)})
     return rows
 
 
@@ -321,8 +264,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             contextlib.closing(label_images(tasks, labeller, threads)) as stream:
         for res in tqdm(stream, total=len(tasks), desc=f"IR labels ({cfg.threshold})",
                         mininterval=5):
-            writer.add(res.id, res.size, res.keys, {"label": res.label},
-                       dtypes={"label": np.uint8})
+            writer.add(res.id, res.size, res.keys,
+                       {"label": res.label, "thresholds": np.array([res.bg, res.fg])},
+                       dtypes={"label": np.uint8, "thresholds": np.float32})
             res.label = np.zeros(0, dtype=np.uint8)  # keep only the scores in memory
             results.append(res)
     clipped = sum(r.fg_clipped for r in results)
@@ -334,10 +278,11 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if fallback:
         log.warning("%d of %d images: no usable GMM fit, fixed thresholds used", fallback,
                     len(results))
-    table = pd.DataFrame(_metrics_rows(results))
+    table = pd.DataFrame(_metrics_rows(results, classes))
     with atomic_path(outputs["metrics"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     total = table.iloc[-1]
-    log.info("wrote %s: confident fraction %.4f, precision %s", outputs["labels"],
-             total["confident_fraction"],
-             "n/a" if pd.isna(total["precision"]) else f"{total['precision']:.4f}")
+    log.info("wrote %s: confident fraction %.4f, precision %s, mIoU (255 as background) %s",
+             outputs["labels"], total["confident_fraction"],
+             "n/a" if pd.isna(total["precision"]) else f"{total['precision']:.4f}",
+             "n/a" if pd.isna(total["miou"]) else f"{total['miou']:.4f}")

@@ -3,20 +3,33 @@
 params: {"masks": <config section, with the final label CRF under "crf">, "classes": [...],
          "device": str}
 inputs: {"irn": irn/model.pt, "seeds": seeds/<split>.h5, "cams": cams/<split>.h5 (ViT seeds),
+         "ir_labels": ir_labels/<split>.h5 (per-image thresholds, rule psa),
          "split": data/<split>.csv}
 outputs: {"masks": masks/<split>.h5, "png": masks/<split>/ (VOC-palette PNGs of ``mask_crf``
-          for rule cobra, ``mask`` for rule irn)}
+          for rules cobra and psa, ``mask`` for rule irn)}
 Per image the store holds ``mask`` (the walk's labels) and ``mask_crf`` (after the final label
-CRF). Rules (REFERENCE.md sections 4, 5):
+CRF). Rules (REFERENCE.md sections 4, 5; :func:`masks_from_walk`):
 
 * ``irn``: upsample x4, divide by the global max over classes, background score 0.25, argmax.
 * ``cobra``: upsample x4 (no global-max division), per class keep values >= 0.31 max_c + min_c,
-  background 0, argmax; then the final label CRF (gt_prob 0.7, Gaussian 2/3, bilateral 45/5/4).
+  background 0, argmax.
+* ``psa``: the background is walked too, as in AffinityNet (PSA, Ahn & Kwak 2018, ref. [2] of
+  both papers): a channel (1 - max_c M)^p joins the seeds before the walk, argmax after it. So
+  the background competes region by region with the propagated classes instead of with a
+  constant. ``bg_power: auto`` puts the crossover (1 - t)^p = t at the image's own dynamic
+  threshold t = (bg + fg) / 2 from the IR labels (``p = ln t / ln(1 - t)``; t = 0.5 gives p = 1).
+
+The final label CRF (gt_prob 0.7, Gaussian 2/3, bilateral 45/5/4) gives ``mask_crf``. Same-size
+images are walked as one batch (the walk's cost on small grids is per tensor operation); the
+CRFs run in ``threads`` worker processes while the parent walks the next batches.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +40,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsss.data.classes import voc_palette
-from wsss.data.datasets import load_rgb, normalize
-from wsss.data.table import read_split_csv
+from wsss.data.datasets import load_rgb, normalize, size_batches
+from wsss.data.table import Record, read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_dir
 from wsss.io.h5store import H5Reader, H5Writer
+from wsss.parallel import ordered_map
 from wsss.refine.crf import label_crf
 from wsss.refine.random_walk import sparse_random_walk
 from wsss.stages.train_irn import load_irn
@@ -39,73 +53,189 @@ from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
 
+RULES = ("irn", "cobra", "psa")
+
+
+def background_power(bg: float, fg: float) -> float:
+    """Power p with (1 - t)^p = t at t = (bg + fg) / 2 (t clipped to [0.01, 0.99])."""
+    t = min(max((bg + fg) / 2, 0.01), 0.99)
+    return math.log(t) / math.log(1 - t)
+
+
+def walk_channels(cams: torch.Tensor, rule: str, power: float) -> torch.Tensor:
+    """The maps to walk: the (K, h, w) seeds, plus the background (1 - max M)^p for rule psa."""
+    if rule != "psa":
+        return cams
+    peak = cams.max(0).values if cams.shape[0] else torch.zeros(cams.shape[1:])
+    return torch.cat([cams, (1.0 - peak).clamp(min=0).pow(power)[None]])
+
 
 def masks_from_walk(rw: torch.Tensor, keys: np.ndarray, size: tuple[int, int], rule: str,
                     bg_score: float = 0.25, rel_threshold: float = 0.31) -> np.ndarray:
-    """Turn walked foreground maps (K, h4, w4) into a label map (H, W) by the ``irn`` or
-    ``cobra`` rule; ``keys`` are the K class indices."""
+    """Turn walked maps into a label map (H, W) by the ``irn``, ``cobra`` or ``psa`` rule.
+
+    ``rw`` holds the K walked class maps (K, h4, w4) of ``keys`` (class indices), followed for
+    rule psa by the walked background channel.
+    """
     h, w = size
-    up = F.interpolate(rw[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
-    up = up[:, :h, :w]
-    if up.shape[0] == 0:
+    if rule not in RULES:
+        raise ValueError(f"unknown mask rule {rule!r}; expected one of {RULES}")
+    k = len(keys)
+    if k == 0:
         return np.zeros((h, w), np.uint8)
+    up = F.interpolate(rw[None].float(), scale_factor=4, mode="bilinear",
+                       align_corners=False)[0, :, :h, :w]
     if rule == "irn":
-        up = up / (up.max() + 1e-5)
-        scores = torch.cat([torch.full((1, h, w), bg_score), up])
-    else:  # cobra: per-class threshold 0.31 * max_c + min_c, background 0
-        flat = up.reshape(up.shape[0], -1)
+        fg = up[:k] / (up[:k].max() + 1e-5)
+        scores = torch.cat([torch.full((1, h, w), bg_score), fg])
+    elif rule == "cobra":  # per-class threshold rel * max_c + min_c, background 0
+        flat = up[:k].reshape(k, -1)
         thr = rel_threshold * flat.max(1).values + flat.min(1).values
-        up = torch.where(up >= thr[:, None, None], up, torch.zeros_like(up))
-        scores = torch.cat([torch.zeros(1, h, w), up])
+        fg = torch.where(up[:k] >= thr[:, None, None], up[:k], torch.zeros_like(up[:k]))
+        scores = torch.cat([torch.zeros(1, h, w), fg])
+    else:  # psa: the walked background against the walked classes
+        scores = torch.cat([up[k:k + 1], up[:k]])
     labels = np.concatenate([[0], keys]).astype(np.uint8)
     return labels[scores.argmax(0).numpy()]
+
+
+@dataclass
+class CrfTask:
+    """One image's walk result, waiting for the final label CRF."""
+
+    id: str
+    image: Path
+    size: tuple[int, int]
+    keys: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class MaskResult:
+    """One image's pseudo mask before and after the CRF."""
+
+    id: str
+    size: tuple[int, int]
+    keys: np.ndarray
+    mask: np.ndarray
+    mask_crf: np.ndarray
+
+
+class FinalCrf:
+    """The final label CRF of one image (picklable worker function of the process pool)."""
+
+    def __init__(self, crf: dict[str, Any]) -> None:
+        self.crf = crf
+
+    def __call__(self, task: CrfTask) -> MaskResult:
+        """Refine one walked mask with the label CRF; a failure names the image."""
+        crf = self.crf
+        try:
+            img = load_rgb(task.image)
+            present = np.concatenate([[0], task.keys]).astype(np.int64)
+            index = np.searchsorted(present, task.mask)
+            refined = present[label_crf(
+                img, index, len(present), gt_prob=crf["gt_prob"],
+                gauss=(crf["gauss_sxy"], crf["gauss_compat"]),
+                bilateral=(crf["bilateral_sxy"], crf["bilateral_srgb"], crf["bilateral_compat"]),
+                iterations=crf["iterations"])].astype(np.uint8)
+        except Exception as exc:  # re-raised with the image named
+            raise DataError(f"final CRF of image {task.id!r} failed: {exc}") from None
+        return MaskResult(task.id, task.size, task.keys, task.mask, refined)
+
+
+class Walker:
+    """Edge maps, random walk and mask rule for batches of same-size images (parent process)."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], cfg: dict[str, Any],
+                 seeds: H5Reader, vit_seeds: H5Reader | None, ir_labels: H5Reader | None,
+                 device: torch.device) -> None:
+        self.model, self.meta, self.cfg, self.device = model, meta, cfg, device
+        self.seeds, self.vit_seeds, self.ir_labels = seeds, vit_seeds, ir_labels
+
+    def power(self, image_id: str) -> float:
+        """The background power of rule psa for one image (config value or auto)."""
+        if self.cfg["bg_power"] != "auto":
+            return float(self.cfg["bg_power"])
+        assert self.ir_labels is not None
+        bg, fg = self.ir_labels.get(image_id, ["thresholds"])["thresholds"]
+        return background_power(float(bg), float(fg))
+
+    def batch(self, records: list[Record]) -> list[CrfTask]:
+        """Walk one batch of same-size images and apply the mask rule."""
+        cfg = self.cfg
+        images, seeds = [], []
+        for rec in records:
+            item = self.seeds.get(rec.id, ["cam_strided"])
+            cams = item["cam_strided"]
+            if self.vit_seeds is not None:
+                cams = self.vit_seeds.get(rec.id, ["tran_strided"])["tran_strided"]
+            img = load_rgb(rec.image)
+            if img.shape[:2] != tuple(item["size"]):
+                raise DataError(f"image {rec.image} is {img.shape[1]}x{img.shape[0]} but its "
+                                f"seeds are {item['size'][1]}x{item['size'][0]}")
+            power = self.power(rec.id) if cfg["rule"] == "psa" else 1.0
+            images.append(img)
+            seeds.append((item["keys"], walk_channels(torch.from_numpy(cams).float(),
+                                                      cfg["rule"], power)))
+        x = torch.stack([normalize(img, self.meta["mean"], self.meta["std"]) for img in images])
+        h4, w4 = seeds[0][1].shape[1:]
+        edge = self.model.edge_map(x.to(self.device))[:, :h4, :w4].float()
+        depth = max(1, max(ch.shape[0] for _, ch in seeds))
+        stack = torch.zeros(len(seeds), depth, h4, w4, device=self.device)
+        for b, (_, ch) in enumerate(seeds):
+            stack[b, :ch.shape[0]] = ch.to(self.device)
+        rw = sparse_random_walk(stack, edge, beta=cfg["beta"], exp_times=cfg["exp_times"],
+                                radius=cfg["radius"]).cpu()
+        out = []
+        for b, (rec, img, (keys, ch)) in enumerate(zip(records, images, seeds, strict=True)):
+            mask = masks_from_walk(rw[b, :ch.shape[0]], keys, img.shape[:2], cfg["rule"],
+                                   cfg["bg_score"], cfg["rel_threshold"])
+            out.append(CrfTask(rec.id, rec.image, img.shape[:2], keys, mask))
+        return out
+
+
+def _walk_all(walker: Walker, records: list[Record], batch_size: int) -> Iterator[CrfTask]:
+    """Lazily walk the split batch by batch (consumed as the CRF workers free up)."""
+    for idx in size_batches(records, batch_size):
+        yield from walker.batch([records[i] for i in idx])
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         threads: int = 1) -> None:
     """Random-walk every image's seeds and write the pseudo masks (+ CRF) and PNGs."""
     cfg, classes = params["masks"], params["classes"]
-    crf = cfg["crf"]
     device = resolve_device(params["device"])
     model, meta = load_irn(inputs["irn"], device)
     seeds = H5Reader(inputs["seeds"], kind="seeds")
     vit_seeds = H5Reader(inputs["cams"], kind="cams") if cfg["seed"] == "tran" else None
+    auto_power = cfg["rule"] == "psa" and cfg["bg_power"] == "auto"
+    ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels") if auto_power else None
     records = read_split_csv(Path(inputs["split"]), classes)
-    missing = [r.id for r in records if r.id not in seeds]
-    if missing:
-        raise DataError(f"{inputs['seeds']} has no seeds for {len(missing)} image(s) of "
-                        f"{inputs['split']}, e.g. {missing[0]!r}")
+    for store, what in [(seeds, "seeds"), (ir_labels, "IR labels")]:
+        if store is None:
+            continue
+        missing = [r.id for r in records if r.id not in store]
+        if missing:
+            raise DataError(f"{store.path} has no {what} for {len(missing)} image(s) of "
+                            f"{inputs['split']}, e.g. {missing[0]!r}")
+    walker = Walker(model, meta, cfg, seeds, vit_seeds, ir_labels, device)
     palette = voc_palette(256).reshape(-1).tolist()
     store_meta = {**seeds.meta, "rule": cfg["rule"], "walk": cfg,
                   "irn_hash": meta["config_hash"]}
+    log.info("random walk (rule %s) of %d images in batches of %d on %s, final CRF in %d "
+             "process(es)", cfg["rule"], len(records), cfg["batch_size"], device, max(1, threads))
+    tasks = _walk_all(walker, records, cfg["batch_size"])
+    results = ordered_map(FinalCrf(cfg["crf"]), tasks, threads, chunk_size=4,
+                          preload=[__name__], what="refining")
     with atomic_dir(outputs["png"]) as png_dir, \
             H5Writer(outputs["masks"], "masks", list(classes), store_meta) as writer:
-        for rec in tqdm(records, desc="random walk", mininterval=5, dynamic_ncols=True):
-            item = seeds.get(rec.id, ["cam_strided"])
-            cams = item["cam_strided"]
-            if vit_seeds is not None:
-                cams = vit_seeds.get(rec.id, ["tran_strided"])["tran_strided"]
-            img = load_rgb(rec.image)
-            if img.shape[:2] != tuple(item["size"]):
-                raise DataError(f"image {rec.image} is {img.shape[1]}x{img.shape[0]} but its "
-                                f"seeds are {item['size'][1]}x{item['size'][0]}")
-            x = normalize(img, meta["mean"], meta["std"])[None].to(device)
-            edge = model.edge_map(x)[0, : cams.shape[1], : cams.shape[2]].float().cpu()
-            rw = sparse_random_walk(torch.from_numpy(cams).float(), edge, beta=cfg["beta"],
-                                    exp_times=cfg["exp_times"], radius=cfg["radius"])
-            mask = masks_from_walk(rw, item["keys"], img.shape[:2], cfg["rule"],
-                                   cfg["bg_score"], cfg["rel_threshold"])
-            present = np.concatenate([[0], item["keys"]]).astype(np.int64)
-            index = np.searchsorted(present, mask)
-            refined = present[label_crf(
-                img, index, len(present), gt_prob=crf["gt_prob"],
-                gauss=(crf["gauss_sxy"], crf["gauss_compat"]),
-                bilateral=(crf["bilateral_sxy"], crf["bilateral_srgb"], crf["bilateral_compat"]),
-                iterations=crf["iterations"])].astype(np.uint8)
-            writer.add(rec.id, img.shape[:2], item["keys"], {"mask": mask, "mask_crf": refined},
+        for res in tqdm(results, total=len(records), desc=f"random walk + CRF ({cfg['rule']})",
+                        mininterval=5, dynamic_ncols=True):
+            writer.add(res.id, res.size, res.keys, {"mask": res.mask, "mask_crf": res.mask_crf},
                        dtypes={"mask": np.uint8, "mask_crf": np.uint8})
-            shown = refined if cfg["rule"] == "cobra" else mask
+            shown = res.mask if cfg["rule"] == "irn" else res.mask_crf
             png = Image.fromarray(shown, mode="P")
             png.putpalette(palette)
-            png.save(png_dir / f"{rec.id}.png")
+            png.save(png_dir / f"{res.id}.png")
     log.info("wrote %s and %s", outputs["masks"], outputs["png"])

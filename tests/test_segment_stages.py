@@ -1,0 +1,302 @@
+"""The segmenter stages: train (resume, bad stores), predict (sizes, CRF, PNGs) and evaluate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from wsss.data.table import write_split_csv
+from wsss.errors import DataError
+from wsss.io.h5store import H5Reader, H5Writer
+from wsss.models.segmentation import (
+    build_segmenter,
+    load_segmenter,
+    save_segmenter,
+    segmenter_meta,
+)
+from wsss.stages import eval_segmentation, predict, train_segmentation
+from wsss.train.loop import Progress, ResumableRun
+
+CLASSES = ["background", "cat", "dog"]
+BACKBONE = {"name": "tf_efficientnet_lite0", "pretrained": "none", "kwargs": {}}
+SEG_CFG = {"model": "deeplabv3plus", "backbone": BACKBONE, "aspp_rates": [2, 4, 6],
+           "mask": "mask_crf", "crop": 32, "rescale": [0.8, 1.2], "batch_size": 2, "epochs": 1,
+           "optim": {"name": "sgd", "lr": 0.01, "head_lr_mult": 10, "weight_decay": 1e-4,
+                     "momentum": 0.9},
+           "amp": True, "num_workers": 0, "save_every_steps": 0}
+CRF = {"enabled": True, "gauss_sxy": 1, "gauss_compat": 1, "bilateral_sxy": 20,
+       "bilateral_srgb": 5, "bilateral_compat": 4, "iterations": 1}
+TRAIN_SIZES = {"t0": (36, 40), "t1": (40, 32), "t2": (32, 48), "t3": (44, 36)}  # (H, W)
+VAL_SIZES = {"v0": (33, 41), "v1": (40, 40), "v2": (37, 29)}  # v2 has no ground truth
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _square_mask(h: int, w: int, cls: int) -> np.ndarray:
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = cls
+    mask[0] = 255
+    return mask
+
+
+def _images(root: Path, sizes: dict[str, tuple[int, int]], gt: bool = True,
+            no_gt: tuple[str, ...] = ()) -> list[dict]:
+    """Random images (a brighter square where the object is) and optional GT masks."""
+    rng = np.random.default_rng(len(sizes))
+    records = []
+    for i, (ident, (h, w)) in enumerate(sizes.items()):
+        cls = 1 + i % 2
+        img = rng.integers(0, 100, (h, w, 3), dtype=np.uint8)
+        img[_square_mask(h, w, cls) == cls] += 120
+        Image.fromarray(img).save(root / f"{ident}.png")
+        mask = None
+        if gt and ident not in no_gt:
+            Image.fromarray(_square_mask(h, w, cls)).save(root / f"{ident}_gt.png")
+            mask = f"{ident}_gt.png"
+        records.append({"id": ident, "image": f"{ident}.png", "mask": mask,
+                        "labels": [CLASSES[cls]]})
+    return records
+
+
+@pytest.fixture
+def train_inputs(tmp_path: Path) -> dict[str, str]:
+    """Four tiny training images, their split CSV and a pseudo-mask store."""
+    write_split_csv(tmp_path / "train.csv", _images(tmp_path, TRAIN_SIZES, gt=False))
+    _masks_store(tmp_path / "masks.h5", TRAIN_SIZES)
+    return {"masks": str(tmp_path / "masks.h5"), "split": str(tmp_path / "train.csv")}
+
+
+def _masks_store(path: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    with H5Writer(path, "masks", CLASSES, {"rule": "cobra"}) as writer:
+        for i, (ident, (h, w)) in enumerate(sizes.items()):
+            mask = _square_mask(h, w, 1 + i % 2)
+            writer.add(ident, (h, w), np.array([1 + i % 2]),
+                       {"mask": mask, "mask_crf": np.where(mask == 255, 0, mask)},
+                       dtypes={"mask": np.uint8, "mask_crf": np.uint8})
+
+
+def _train(inputs: dict[str, str], out: Path, **overrides) -> dict[str, str]:
+    outputs = {"model": str(out / "model.pt"), "metrics": str(out / "metrics.csv")}
+    params = {"segmentation": {**SEG_CFG, **overrides}, "classes": CLASSES, "device": "cpu",
+              "seed": 3}
+    train_segmentation.run(inputs, outputs, params)
+    return outputs
+
+
+def test_train_writes_model_and_metrics_then_resumes(train_inputs, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    outputs = _train(train_inputs, tmp_path / "seg")
+    metrics = pd.read_csv(outputs["metrics"])
+    assert list(metrics.columns) == ["epoch", "steps", "loss", "pixel_acc", "lr", "seconds"]
+    assert metrics["epoch"].tolist() == [1] and metrics["steps"].tolist() == [2]
+    assert np.isfinite(metrics["loss"]).all() and 0 <= metrics["pixel_acc"][0] <= 1
+    assert (tmp_path / "seg" / "_state" / "last.pt").exists()
+    model, meta = load_segmenter(outputs["model"])
+    assert meta["classes"] == CLASSES and len(meta["config_hash"]) == 16
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+
+    caplog.clear()
+    _train(train_inputs, tmp_path / "seg")  # same settings, complete state: no new steps
+    assert "1 epoch(s) done, 0 step(s)" in caplog.text
+    assert "epoch 1:" not in caplog.text
+    pd.testing.assert_frame_equal(pd.read_csv(outputs["metrics"]), metrics)
+    again, meta2 = load_segmenter(outputs["model"])
+    assert meta2["config_hash"] == meta["config_hash"]
+    assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())
+
+
+def test_killed_mid_epoch_resumes_to_the_same_weights(train_inputs, tmp_path, monkeypatch,
+                                                      caplog):
+    caplog.set_level(logging.INFO)
+    straight = _train(train_inputs, tmp_path / "a", save_every_steps=1)
+    real_loss, calls = train_segmentation.segmentation_loss, []
+
+    def killed_on_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_segmentation, "segmentation_loss", killed_on_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        _train(train_inputs, tmp_path / "b", save_every_steps=1)
+    assert not (tmp_path / "b" / "model.pt").exists()
+    monkeypatch.setattr(train_segmentation, "segmentation_loss", real_loss)
+    caplog.clear()
+    resumed = _train(train_inputs, tmp_path / "b", save_every_steps=1, num_workers=0)
+    assert "0 epoch(s) done, 1 step(s) into the next" in caplog.text
+    a, _ = load_segmenter(straight["model"])
+    b, _ = load_segmenter(resumed["model"])
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    ma, mb = pd.read_csv(straight["metrics"]), pd.read_csv(resumed["metrics"])
+    assert mb["steps"].tolist() == [2]
+    assert np.allclose(ma[["loss", "pixel_acc", "lr"]], mb[["loss", "pixel_acc", "lr"]])
+
+
+def test_batch_of_one_freezes_batchnorm_statistics(train_inputs, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    outputs = _train(train_inputs, tmp_path / "seg", batch_size=1, rescale=[1.0, 1.0])
+    assert "BatchNorm running statistics stay frozen" in caplog.text
+    model, _ = load_segmenter(outputs["model"])
+    means = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert means and all(torch.equal(m, torch.zeros_like(m)) for m in means)
+    assert pd.read_csv(outputs["metrics"])["steps"].tolist() == [4]
+
+
+def test_missing_pseudo_mask_stops_before_training(train_inputs, tmp_path):
+    _masks_store(tmp_path / "masks.h5", {k: v for k, v in TRAIN_SIZES.items() if k != "t2"})
+    with pytest.raises(DataError, match=r"no pseudo mask for 1 of 4 .*'t2'"):
+        _train(train_inputs, tmp_path / "seg")
+    assert not (tmp_path / "seg" / "model.pt").exists()
+
+
+def test_pseudo_mask_of_the_wrong_size_is_named(train_inputs, tmp_path):
+    sizes = {**TRAIN_SIZES, "t1": (40, 30)}
+    _masks_store(tmp_path / "masks.h5", sizes)
+    with pytest.raises(DataError, match=r"pseudo mask of 't1' .* is 30x40 .*t1\.png is 32x40"):
+        _train(train_inputs, tmp_path / "seg")
+    with pytest.raises(DataError, match="fewer than segmentation.batch_size = 8"):
+        _train(train_inputs, tmp_path / "seg", batch_size=8)
+
+
+@pytest.fixture
+def val_inputs(tmp_path: Path) -> dict[str, str]:
+    """Three val images of different sizes (one without GT) and an untrained segmenter."""
+    write_split_csv(tmp_path / "val.csv", _images(tmp_path, VAL_SIZES, no_gt=("v2",)))
+    torch.manual_seed(0)
+    cfg = {k: SEG_CFG[k] for k in ("model", "backbone", "aspp_rates")}
+    model = build_segmenter(cfg, len(CLASSES))
+    save_segmenter(tmp_path / "model.pt", model,
+                   {**segmenter_meta(model, cfg, CLASSES), "config_hash": "0" * 16})
+    return {"model": str(tmp_path / "model.pt"), "split": str(tmp_path / "val.csv")}
+
+
+def _predict(inputs: dict[str, str], out: Path, crf: bool = True, threads: int = 1,
+             classes: list[str] = CLASSES) -> dict[str, str]:
+    outputs = {"predictions": str(out / "val.h5"), "png": str(out / "val")}
+    params = {"predict": {"split": "val", "scales": [1.0, 0.75], "flip": True,
+                          "crf": {**CRF, "enabled": crf}},
+              "classes": classes, "device": "cpu"}
+    predict.run(inputs, outputs, params, threads=threads)
+    return outputs
+
+
+def test_predict_every_image_at_its_size_with_crf(val_inputs, tmp_path):
+    outputs = _predict(val_inputs, tmp_path / "p")
+    store = H5Reader(outputs["predictions"], kind="predictions")
+    assert store.ids == list(VAL_SIZES)  # v2, without ground truth, is predicted too
+    assert store.meta["maps"] == ["raw", "crf"]
+    for i, (ident, size) in enumerate(VAL_SIZES.items()):
+        item = store.get(ident)
+        assert item["size"] == size and item["keys"].tolist() == [1 + i % 2]
+        for key in ("raw", "crf"):
+            assert item[key].shape == size and item[key].dtype == np.uint8
+            assert item[key].max() < len(CLASSES)
+        with Image.open(Path(outputs["png"]) / f"{ident}.png") as png:
+            assert png.mode == "P" and png.size == (size[1], size[0])
+            assert np.array_equal(np.asarray(png), item["crf"])
+    assert len(list(Path(outputs["png"]).iterdir())) == len(VAL_SIZES)
+
+    raw_only = H5Reader(_predict(val_inputs, tmp_path / "r", crf=False)["predictions"])
+    assert raw_only.meta["maps"] == ["raw"]
+    assert np.array_equal(raw_only.get("v1")["raw"], store.get("v1")["raw"])
+    assert set(raw_only.get("v1")) == {"size", "keys", "raw"}
+
+
+def test_predict_crf_workers_match_serial(val_inputs, tmp_path):
+    serial = H5Reader(_predict(val_inputs, tmp_path / "s")["predictions"])
+    pooled = H5Reader(_predict(val_inputs, tmp_path / "w", threads=2)["predictions"])
+    for ident in VAL_SIZES:
+        assert np.array_equal(serial.get(ident)["crf"], pooled.get(ident)["crf"])
+
+
+def test_predict_rejects_other_classes(val_inputs, tmp_path):
+    with pytest.raises(DataError, match="trained for classes"):
+        _predict(val_inputs, tmp_path / "p", classes=["background", "cat", "cow"])
+    assert not (tmp_path / "p" / "val.h5").exists()
+
+
+# Hand-made ground truth and predictions (see the expected values below).
+GT = {"a": np.array([[0, 0, 1, 1], [0, 0, 1, 255]]), "b": np.array([[2, 2], [0, 0]])}
+RAW = {"a": np.array([[0, 1, 1, 1], [0, 0, 1, 2]]), "b": np.array([[2, 0], [0, 0]]),
+       "c": np.array([[1, 1], [1, 1]])}
+
+
+@pytest.fixture
+def eval_inputs(tmp_path: Path) -> dict[str, str]:
+    """Images a, b with GT and c without; predictions raw (hand-made) and crf (= GT)."""
+    records = []
+    for ident, raw in RAW.items():
+        Image.fromarray(np.zeros((*raw.shape, 3), np.uint8)).save(tmp_path / f"{ident}.png")
+        mask = None
+        if ident in GT:
+            Image.fromarray(GT[ident].astype(np.uint8)).save(tmp_path / f"{ident}_gt.png")
+            mask = f"{ident}_gt.png"
+        records.append({"id": ident, "image": f"{ident}.png", "mask": mask, "labels": []})
+    write_split_csv(tmp_path / "val.csv", records)
+    with H5Writer(tmp_path / "pred.h5", "predictions", CLASSES, {"maps": ["raw", "crf"]}) as w:
+        for ident, raw in RAW.items():
+            crf = np.where(GT[ident] == 255, 0, GT[ident]) if ident in GT else raw
+            w.add(ident, raw.shape, np.array([], np.int16), {"raw": raw, "crf": crf},
+                  dtypes={"raw": np.uint8, "crf": np.uint8})
+    return {"predictions": str(tmp_path / "pred.h5"), "split": str(tmp_path / "val.csv")}
+
+
+def test_eval_segmentation_hand_computed_miou(eval_inputs, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out = {"metrics": str(tmp_path / "metrics" / "segmentation.csv")}
+    eval_segmentation.run(eval_inputs, out, {"classes": CLASSES})
+    table = pd.read_csv(out["metrics"]).set_index("variant")
+    assert list(table.index) == ["raw", "crf"]
+    assert list(table.columns) == ["miou", "iou_background", "iou_cat", "iou_dog"]
+    # raw: background TP 5 / (5 + FP 1 + FN 1), cat 3 / (3 + 1), dog 1 / (1 + 1); the pixel
+    # under GT 255 (predicted dog) is ignored.
+    expected = [5 / 7, 3 / 4, 1 / 2]
+    assert np.allclose(table.loc["raw", ["iou_background", "iou_cat", "iou_dog"]], expected,
+                       atol=1e-4)
+    assert table.loc["raw", "miou"] == pytest.approx(np.mean(expected), abs=1e-4)
+    assert table.loc["crf", "miou"] == pytest.approx(1.0)
+    assert "skipping 1 image(s) without a ground-truth mask: c" in caplog.text
+
+
+def test_eval_segmentation_errors(eval_inputs, tmp_path):
+    out = {"metrics": str(tmp_path / "seg.csv")}
+    no_gt = tmp_path / "nogt.csv"
+    write_split_csv(no_gt, [{"id": "c", "image": "c.png", "mask": None, "labels": []}])
+    with pytest.raises(DataError, match=r"nogt\.csv: no image has a ground-truth mask"):
+        eval_segmentation.run({**eval_inputs, "split": str(no_gt)}, out, {"classes": CLASSES})
+    extra = tmp_path / "extra.csv"
+    write_split_csv(extra, [{"id": "a", "image": "a.png", "mask": "a_gt.png", "labels": []},
+                            {"id": "zz", "image": "a.png", "mask": None, "labels": []}])
+    with pytest.raises(DataError, match=r"no prediction for image 'zz'"):
+        eval_segmentation.run({**eval_inputs, "split": str(extra)}, out, {"classes": CLASSES})
+    assert not Path(out["metrics"]).exists()
+
+
+def test_resumable_run_restores_objects_rng_and_progress(tmp_path):
+    torch.manual_seed(1)
+    layer, scaler = torch.nn.Linear(2, 2), torch.amp.GradScaler("cpu", enabled=False)
+    run = ResumableRun(tmp_path / "_state" / "last.pt", "abc", {"m": layer, "s": scaler})
+    assert run.restore() == Progress()
+    progress = Progress(epoch=1, step=3, global_step=7, rows=[{"epoch": 1}], sums={"loss": 2.0})
+    run.save(progress)
+    after_save = torch.rand(3)
+    fresh = torch.nn.Linear(2, 2)
+    amp_scaler = torch.amp.GradScaler("cpu", enabled=True)  # e.g. resumed on another device
+    again = ResumableRun(tmp_path / "_state" / "last.pt", "abc", {"m": fresh, "s": amp_scaler})
+    assert again.restore() == progress
+    assert torch.equal(fresh.weight, layer.weight) and torch.equal(torch.rand(3), after_save)
+    other = ResumableRun(tmp_path / "_state" / "last.pt", "changed", {"m": fresh})
+    assert other.restore() == Progress()  # other settings: start over

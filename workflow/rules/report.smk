@@ -1,0 +1,61 @@
+# The report: one summary table, two plots and overlay sheets, all in `snakemake --report`.
+
+
+rule report:
+    """Summary table (stage, variant, miou), mIoU plots and overlay sheets of fixed images."""
+    input:
+        seeds_metrics=f"{R}/metrics/seeds.csv",
+        ir_metrics=f"{R}/metrics/ir_labels_train.csv",
+        masks_metrics=f"{R}/metrics/masks.csv",
+        seg_metrics=f"{R}/metrics/segmentation.csv",
+        split=f"{R}/data/train.csv",
+        seeds=f"{R}/seeds/train.h5",
+        ir_labels=f"{R}/ir_labels/train.h5",
+        masks=f"{R}/masks/train.h5",
+        model=f"{R}/segmentation/model.pt",
+        code=stage_sources("report"),
+    output:
+        summary=report(
+            f"{R}/report/summary.csv", caption="../report/summary.rst", category="Summary"
+        ),
+        stages_plot=report(
+            f"{R}/report/miou_stages.png", caption="../report/miou_stages.rst", category="Summary"
+        ),
+        classes_plot=report(
+            f"{R}/report/iou_classes.png", caption="../report/iou_classes.rst", category="Summary"
+        ),
+        overlays=report(
+            directory(f"{R}/report/overlays"),
+            patterns=["{image}.png"],
+            caption="../report/overlays.rst",
+            category="Overlays",
+            labels={"image": "{image}"},
+        ),
+    params:
+        cfg=as_params(
+            {
+                "report": config["report"],
+                "predict": config["predict"],
+                "classes": classes_params(),
+                "device": config["device"],
+            }
+        ),
+    log:
+        f"{R}/logs/report.log",
+    benchmark:
+        f"{R}/benchmarks/report.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "python -m wsss report --input seeds_metrics={input.seeds_metrics}"
+        " --input ir_metrics={input.ir_metrics} --input masks_metrics={input.masks_metrics}"
+        " --input seg_metrics={input.seg_metrics} --input split={input.split}"
+        " --input seeds={input.seeds} --input ir_labels={input.ir_labels}"
+        " --input masks={input.masks} --input model={input.model}"
+        " --output summary={output.summary} --output stages_plot={output.stages_plot}"
+        " --output classes_plot={output.classes_plot} --output overlays={output.overlays}"
+        " --params {params.cfg:q} --threads {threads} --log {log}"

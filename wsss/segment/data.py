@@ -1,0 +1,83 @@
+"""Training data of the segmenter: images with their pseudo masks, augmented like DeepLab."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from wsss.data.classes import IGNORE_INDEX
+from wsss.data.datasets import load_rgb, normalize, random_crop
+from wsss.data.table import Record
+from wsss.errors import DataError
+from wsss.io.h5store import H5Reader
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header (no decoding); a DataError names a bad file."""
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def check_masks(records: Sequence[Record], masks: H5Reader, key: str) -> None:
+    """Check that every image has a pseudo mask ``key`` in the store, of the image's size."""
+    missing = [r.id for r in records if r.id not in masks]
+    if missing:
+        raise DataError(f"{masks.path} has no pseudo mask for {len(missing)} of {len(records)} "
+                        f"training image(s), e.g. {missing[0]!r}")
+    try:
+        masks.get(records[0].id, [key])
+    except KeyError as exc:
+        raise DataError(f"{masks.path} has no map {key!r} (config key segmentation.mask) for "
+                        f"image {records[0].id!r}") from exc
+    for rec in records:
+        size = masks.get(rec.id, [])["size"]
+        h, w = image_size(rec.image)
+        if size != (h, w):
+            raise DataError(f"pseudo mask of {rec.id!r} in {masks.path} is {size[1]}x{size[0]} "
+                            f"but its image {rec.image} is {w}x{h}")
+
+
+class SegmentationCrops(Dataset):
+    """Random rescale (image bilinear, mask nearest), flip and crop (padding 0 / 255) of an
+    image and its pseudo mask, normalised; deterministic per (seed, epoch, index)."""
+
+    def __init__(self, records: Sequence[Record], masks: H5Reader, key: str, n_classes: int,
+                 crop: int, rescale: tuple[float, float], mean: Sequence[float],
+                 std: Sequence[float], seed: int) -> None:
+        self.records, self.masks, self.key, self.n_classes = list(records), masks, key, n_classes
+        self.crop, self.rescale, self.mean, self.std = crop, rescale, mean, std
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rec = self.records[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img = load_rgb(rec.image)
+        mask = self.masks.get(rec.id, [self.key])[self.key]
+        if mask.shape != img.shape[:2]:
+            raise DataError(f"pseudo mask of {rec.id!r} is {mask.shape[1]}x{mask.shape[0]} but "
+                            f"its image {rec.image} is {img.shape[1]}x{img.shape[0]}")
+        fg = mask[mask != IGNORE_INDEX]
+        if fg.size and int(fg.max()) >= self.n_classes:
+            raise DataError(f"pseudo mask of {rec.id!r} has class {int(fg.max())}, outside "
+                            f"0..{self.n_classes - 1} and {IGNORE_INDEX}")
+        s = rng.uniform(*self.rescale)
+        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
+        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+        if rng.random() < 0.5:
+            img, mask = img[:, ::-1], mask[:, ::-1]
+        x, y = random_crop([normalize(img, self.mean, self.std),
+                            torch.from_numpy(np.array(mask))],
+                           [0.0, IGNORE_INDEX], self.crop, rng)
+        return x, y
