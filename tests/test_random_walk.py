@@ -228,11 +228,12 @@ def test_batched_walk_equals_per_image():
 def test_background_power_crossover():
     from wsss.stages.make_pseudo_masks import background_power
 
-    assert background_power(0.3, 0.7) == pytest.approx(1.0)  # t = 0.5: (1 - t) = t at p = 1
-    p = background_power(0.2, 0.6)  # t = 0.4
+    assert background_power(0.5) == pytest.approx(1.0)  # (1 - t) = t at p = 1
+    p = background_power(0.4)
     assert p == pytest.approx(math.log(0.4) / math.log(0.6))
     assert (1 - 0.4) ** p == pytest.approx(0.4)
-    assert background_power(0.0, 0.0) == pytest.approx(math.log(0.01) / math.log(0.99))
+    assert background_power(0.0) == pytest.approx(math.log(0.01) / math.log(0.99))
+    assert background_power(1.0) == pytest.approx(math.log(0.99) / math.log(0.01))
 
 
 def test_mask_rules_hand_made():

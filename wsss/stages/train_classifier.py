@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from wsss.data.datasets import ClassificationCrops, WholeImages
 from wsss.data.table import read_split_csv
-from wsss.errors import ConfigError, DataError
+from wsss.errors import DataError
 from wsss.hashing import config_hash
 from wsss.io.atomic import atomic_path
 from wsss.losses import cobra as L
@@ -31,6 +31,7 @@ from wsss.models.classifier import build_classifier, input_normalization
 from wsss.train.utils import (
     EpochSampler,
     autocast,
+    freeze_prefixes,
     load_state,
     poly_lr,
     resolve_device,
@@ -58,18 +59,6 @@ def freeze_batchnorm(module: nn.Module) -> None:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
-
-
-def freeze_prefixes(module: nn.Module, prefixes: list[str]) -> None:
-    """Freeze parameters whose name starts with one of ``prefixes``; an unknown prefix fails."""
-    names = [n for n, _ in module.named_parameters()]
-    for prefix in prefixes:
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
-            raise ConfigError(f"config key classifier.freeze_prefixes: no CNN parameter starts "
-                              f"with {prefix!r} (e.g. {names[0]!r})")
-    for name, p in module.named_parameters():
-        if any(name == q or name.startswith(q + ".") for q in prefixes):
-            p.requires_grad_(False)
 
 
 def compute_losses(model: nn.Module, out: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -209,7 +198,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     held_loader = DataLoader(WholeImages(held_recs, n_classes, mean, std), batch_size=1)
     if cfg["freeze_bn"]:
         freeze_batchnorm(model.cnn.backbone)
-    freeze_prefixes(model.cnn.backbone, cfg["freeze_prefixes"])
+    freeze_prefixes(model.cnn.backbone, cfg["freeze_prefixes"], "classifier.freeze_prefixes")
     opt = BranchOptimizers(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] and device.type == "cuda")
     steps_per_epoch = len(train_ds) // cfg["batch_size"]

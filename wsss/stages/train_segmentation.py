@@ -41,7 +41,14 @@ from wsss.models.segmentation import (
 from wsss.models.weights import input_stats
 from wsss.segment.data import SegmentationCrops, check_masks
 from wsss.train.loop import Progress, ResumableRun, freeze_bn_stats
-from wsss.train.utils import EpochSampler, autocast, poly_lr, resolve_device, seed_everything
+from wsss.train.utils import (
+    EpochSampler,
+    autocast,
+    freeze_prefixes,
+    poly_lr,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 # Settings that change neither the data order nor the arithmetic: editing them keeps the state.
@@ -79,6 +86,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     check_masks(records, masks, cfg["mask"])
 
     net = build_segmenter(cfg, len(classes)).to(device)
+    frozen = freeze_prefixes(net.backbone, cfg["freeze_prefixes"],
+                             "segmentation.freeze_prefixes")
     mean, std = input_stats(net.backbone)
     ds = SegmentationCrops(records, masks, cfg["mask"], len(classes), cfg["crop"],
                            tuple(cfg["rescale"]), mean, std, seed)
@@ -104,7 +113,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
              cfg["model"], cfg["backbone"]["name"], len(ds), cfg["mask"], cfg["epochs"], steps,
              batch, device)
     while progress.epoch < cfg["epochs"]:
-        train_epoch(model, ds, opt, scaler, progress, resumable, cfg, seed, total, device)
+        train_epoch(model, ds, opt, scaler, progress, resumable, cfg, seed, total, device,
+                    frozen)
     save_segmenter(outputs["model"], net,
                    {**segmenter_meta(net, cfg, classes), "config_hash": fingerprint})
     with atomic_path(outputs["metrics"]) as tmp:
@@ -114,8 +124,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
 
 def train_epoch(model: nn.Module, ds: SegmentationCrops, opt: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, progress: Progress, resumable: ResumableRun,
-                cfg: dict[str, Any], seed: int, total: int, device: torch.device) -> None:
-    """Run (the rest of) epoch ``progress.epoch``, saving state as configured."""
+                cfg: dict[str, Any], seed: int, total: int, device: torch.device,
+                frozen: list[nn.Module] = ()) -> None:
+    """Run (the rest of) epoch ``progress.epoch``, saving state as configured; ``frozen``
+    modules keep their BatchNorm statistics."""
     t0 = time.time()
     batch, epoch = cfg["batch_size"], progress.epoch
     steps = len(ds) // batch
@@ -129,6 +141,8 @@ def train_epoch(model: nn.Module, ds: SegmentationCrops, opt: torch.optim.Optimi
     model.train()
     if batch == 1:
         freeze_bn_stats(model)
+    for module in frozen:
+        freeze_bn_stats(module)
     sums = progress.sums
     bar = tqdm(loader, desc=f"segmentation epoch {epoch + 1}/{cfg['epochs']}",
                initial=progress.step, total=steps, mininterval=5, dynamic_ncols=True)

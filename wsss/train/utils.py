@@ -77,3 +77,19 @@ def autocast(device: torch.device, enabled: bool):  # noqa: ANN201
     """Mixed precision context on CUDA when enabled; a no-op context on CPU."""
     return torch.autocast(device.type, dtype=torch.float16,
                           enabled=enabled and device.type == "cuda")
+
+
+def freeze_prefixes(module: torch.nn.Module, prefixes: list[str],
+                    key: str) -> list[torch.nn.Module]:
+    """Freeze parameters whose name starts with one of ``prefixes`` (IRN freezes the stem and
+    the stride-4 stage) and return the frozen submodules; an unknown prefix is a ConfigError
+    on config key ``key``."""
+    names = [n for n, _ in module.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            raise ConfigError(f"config key {key}: no parameter starts with {prefix!r} "
+                              f"(e.g. {names[0]!r})")
+    for name, p in module.named_parameters():
+        if any(name == q or name.startswith(q + ".") for q in prefixes):
+            p.requires_grad_(False)
+    return [m for name, m in module.named_modules() if name in prefixes]
