@@ -74,6 +74,23 @@ def test_softmax_crf_shapes_and_normalised():
     assert np.array_equal(softmax_crf(img, p[:1]), np.ones((1, 16, 24), np.float32))
 
 
+def test_softmax_crf_snaps_soft_boundary_to_colour_edge():
+    """Test-time CRF (CoSA row: Gaussian 1/1, bilateral 121/5/4) on a two-colour image."""
+    img = two_colour_image()
+    truth = np.zeros((32, 48), dtype=np.int64)
+    truth[:, 24:] = 1
+    x = np.arange(48, dtype=np.float32)
+
+    def errors(centre: float, spread: float, iterations: int) -> tuple[int, int]:
+        p1 = np.broadcast_to(1 / (1 + np.exp(-(x - centre) / spread)), (32, 48))
+        probs = np.stack([1 - p1, p1]).astype(np.float32)
+        q = softmax_crf(img, probs, gauss=(1, 1), bilateral=(121, 5, 4), iterations=iterations)
+        return int((probs.argmax(0) != truth).sum()), int((q.argmax(0) != truth).sum())
+
+    assert errors(20, 2, 1) == (32 * 3, 0)  # boundary 4 px off (x = 20 ties to background)
+    assert errors(16, 4, 10) == (32 * 7, 0)  # 8 px off and soft: needs more iterations
+
+
 def test_label_crf_cleans_noisy_labels_on_separable_image():
     img = two_colour_image()
     truth = np.zeros((32, 48), dtype=np.int64)

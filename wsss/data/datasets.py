@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from wsss.data.classes import IGNORE_INDEX
 from wsss.errors import DataError
 
 
@@ -20,6 +21,22 @@ def load_rgb(path: object) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def jitter_flip_crop(img: np.ndarray, label: np.ndarray, rescale: tuple[float, float], crop: int,
+                     mean: Sequence[float], std: Sequence[float],
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training augmentation of an image and its label map at one place: random rescale
+    (bilinear / nearest), horizontal flip, normalisation and a random crop padded with 0 / 255."""
+    s = rng.uniform(*rescale)
+    h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
+    img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+    if rng.random() < 0.5:
+        img, label = img[:, ::-1], label[:, ::-1]
+    x, y = random_crop([normalize(img, mean, std), torch.from_numpy(np.array(label))],
+                       [0.0, IGNORE_INDEX], crop, rng)
+    return x, y
 
 
 def load_mask(path: object, size: tuple[int, int], image_id: str) -> np.ndarray:

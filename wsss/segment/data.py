@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from wsss.data.classes import IGNORE_INDEX
-from wsss.data.datasets import load_rgb, normalize, random_crop
+from wsss.data.datasets import jitter_flip_crop, load_rgb
 from wsss.data.table import Record
 from wsss.errors import DataError
 from wsss.io.h5store import H5Reader
@@ -71,13 +71,5 @@ class SegmentationCrops(Dataset):
         if fg.size and int(fg.max()) >= self.n_classes:
             raise DataError(f"pseudo mask of {rec.id!r} has class {int(fg.max())}, outside "
                             f"0..{self.n_classes - 1} and {IGNORE_INDEX}")
-        s = rng.uniform(*self.rescale)
-        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
-        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-        mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
-        if rng.random() < 0.5:
-            img, mask = img[:, ::-1], mask[:, ::-1]
-        x, y = random_crop([normalize(img, self.mean, self.std),
-                            torch.from_numpy(np.array(mask))],
-                           [0.0, IGNORE_INDEX], self.crop, rng)
+        x, y = jitter_flip_crop(img, mask, self.rescale, self.crop, self.mean, self.std, rng)
         return x, y

@@ -19,12 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from wsss.data.classes import IGNORE_INDEX
-from wsss.data.datasets import load_rgb, normalize, random_crop
+from wsss.data.datasets import jitter_flip_crop, load_rgb
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.hashing import config_hash
@@ -64,15 +62,8 @@ class IRCrops(Dataset):
         label = self.labels.get(rec.id, ["label"])["label"]
         if label.shape != img.shape[:2]:
             raise DataError(f"IR label of {rec.id!r} is {label.shape}, its image {img.shape[:2]}")
-        s = rng.uniform(*self.rescale)
-        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
-        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-        label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
-        if rng.random() < 0.5:
-            img, label = img[:, ::-1], label[:, ::-1]
-        y = torch.from_numpy(np.ascontiguousarray(label))
-        out_x, out_y = random_crop([normalize(img, self.mean, self.std), y],
-                                   [0.0, IGNORE_INDEX], self.crop, rng)
+        out_x, out_y = jitter_flip_crop(img, label, self.rescale, self.crop, self.mean,
+                                        self.std, rng)
         side = -(-self.crop // 4)
         small = F.interpolate(out_y[None, None].float(), size=(side, side),
                               mode="nearest")[0, 0].to(torch.uint8)
