@@ -124,7 +124,8 @@ def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
     outs = _outputs(tmp_path)
     report.run(inputs, outs, PARAMS)
     summary = pd.read_csv(outs["summary"])
-    assert list(summary.columns[:3]) == ["stage", "variant", "miou"]
+    assert list(summary.columns[:4]) == ["stage", "variant", "miou", "split"]
+    assert list(summary["split"]) == ["train"] * 7 + [PARAMS["predict"].get("split", "val")] * 2
     assert list(summary["stage"]) == ["seeds"] * 4 + ["ir_labels", "masks", "masks",
                                                       "segmentation", "segmentation"]
     assert list(summary["variant"]) == ["fuse/sweep", "fuse/attention", "cnn/sweep",

@@ -54,34 +54,37 @@ def ir_total_row(path: str | Path) -> pd.Series:
     return total.iloc[-1]
 
 
-def _row(stage: str, variant: str, source: pd.Series, iou_cols: Sequence[str]) -> dict[str, Any]:
+def _row(stage: str, variant: str, source: pd.Series, iou_cols: Sequence[str],
+         split: str = "train") -> dict[str, Any]:
     """One summary row from a metrics row; absent per-class columns become NaN."""
     row: dict[str, Any] = {"stage": stage, "variant": variant,
-                           "miou": float(source["miou"])}
+                           "miou": float(source["miou"]), "split": split}
     row.update({c: float(source[c]) if c in source.index else math.nan for c in iou_cols})
     return row
 
 
 def summary_table(seeds: pd.DataFrame, ir_total: pd.Series, ir_variant: str,
                   masks: pd.DataFrame, segmentation: pd.DataFrame,
-                  classes: Sequence[str]) -> pd.DataFrame:
-    """Stack the stages' metrics into ``stage, variant, miou, iou_<class>...`` rows."""
+                  classes: Sequence[str], seg_split: str = "val") -> pd.DataFrame:
+    """Stack the stages' metrics into ``stage, variant, miou, split, iou_<class>...`` rows
+    (seeds, IR labels and masks are scored on train, the segmenter on ``seg_split``)."""
     iou_cols = [f"iou_{c}" for c in classes]
     rows = [_row("seeds", f"{r['variant']}/{r['rule']}", r, iou_cols) for _, r in seeds.iterrows()]
     rows.append(_row("ir_labels", ir_variant, ir_total, iou_cols))
     rows += [_row("masks", str(r["variant"]), r, iou_cols) for _, r in masks.iterrows()]
-    rows += [_row("segmentation", str(r["variant"]), r, iou_cols)
+    rows += [_row("segmentation", str(r["variant"]), r, iou_cols, seg_split)
              for _, r in segmentation.iterrows()]
-    return pd.DataFrame(rows, columns=["stage", "variant", "miou", *iou_cols])
+    return pd.DataFrame(rows, columns=["stage", "variant", "miou", "split", *iou_cols])
 
 
-def load_summary(paths: dict[str, str], ir_variant: str, classes: Sequence[str]) -> pd.DataFrame:
+def load_summary(paths: dict[str, str], ir_variant: str, classes: Sequence[str],
+                 seg_split: str = "val") -> pd.DataFrame:
     """Read the four metrics files (keys seeds_metrics, ir_metrics, masks_metrics, seg_metrics)."""
     seeds = read_metrics(paths["seeds_metrics"], ["variant", "rule", "miou"])
     ir_total = ir_total_row(paths["ir_metrics"])
     masks = read_metrics(paths["masks_metrics"], ["variant", "miou"])
     segmentation = read_metrics(paths["seg_metrics"], ["variant", "miou"])
-    return summary_table(seeds, ir_total, ir_variant, masks, segmentation, classes)
+    return summary_table(seeds, ir_total, ir_variant, masks, segmentation, classes, seg_split)
 
 
 def best_per_stage(summary: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +127,8 @@ def plot_stages(summary: pd.DataFrame, path: str | Path) -> None:
     x = np.arange(len(bars))
     drawn = ax.bar(x, heights, color=[STAGE_COLOURS.get(s, "grey") for s in bars["stage"]])
     ax.bar_label(drawn, labels=labels, fontsize=8, padding=2)
-    ax.set_xticks(x, [f"{s}\n{v}" for s, v in zip(bars["stage"], bars["variant"])], fontsize=8)
+    ax.set_xticks(x, [f"{s}\n{v} ({split})" for s, v, split in
+                      zip(bars["stage"], bars["variant"], bars["split"], strict=True)], fontsize=8)
     ax.set_ylim(0, max(1.0, float(heights.max(initial=0)) * 1.1))
     ax.set_ylabel("mIoU")
     ax.set_title("mIoU per stage (seeds: best variant)")

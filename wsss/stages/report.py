@@ -41,7 +41,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             raise DataError(f"{inputs[name]} holds classes {store.classes}, the config has "
                             f"{classes}")
     ir_variant = str(stores["ir_labels"].meta.get("ir_labels", {}).get("threshold", "total"))
-    summary = load_summary(inputs, ir_variant, classes)
+    summary = load_summary(inputs, ir_variant, classes,
+                           params.get("predict", {}).get("split", "val"))
     records = read_split_csv(Path(inputs["split"]), classes)
     chosen = choose_records(records, params.get("report", {}).get("overlay_images",
                                                                   DEFAULT_OVERLAYS),
