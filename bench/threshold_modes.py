@@ -1,14 +1,14 @@
 """Refinement under each IR-label threshold mode, side by side, on an existing run's seeds.
 
     python bench/threshold_modes.py                      # results/demo, modes attention gmm fixed
-    python bench/threshold_modes.py --run demo --modes gmm fixed --threads 2
+    python bench/threshold_modes.py --modes gmm --rules psa cobra irn   # mask rules too
 
 For every mode it runs the four refinement stages exactly as the Snakemake rules do
 (``python -m wsss make_ir_labels / train_irn / make_pseudo_masks / eval_masks`` with the run's
 config and only ``ir_labels.threshold`` changed) into a scratch directory, then prints one row
-per mode: IR-label confident fraction, precision and mIoU, mask mIoU without and with the final
-CRF, and the best seed of ``metrics/seeds.csv`` for comparison. The run's own artifacts are read,
-never written. Takes ~4 minutes per mode on 2 CPU cores for the demo.
+per mode (and mask rule): IR-label confident fraction, precision and mIoU, mask mIoU without
+and with the final CRF, and the best seed of ``metrics/seeds.csv`` for comparison. The run's own
+artifacts are read, never written. ~4 minutes per mode and rule on 2 CPU cores for the demo.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configfile", default=str(ROOT / "config.yaml"))
     parser.add_argument("--modes", nargs="+", default=["attention", "gmm", "fixed"])
+    parser.add_argument("--rules", nargs="+", default=None,
+                        help="mask rules to compare (default: the config's masks.rule)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the scratch artifacts here")
     args = parser.parse_args()
@@ -80,23 +82,26 @@ def main() -> None:
                          {"model": out / "irn/model.pt", "metrics": out / "irn/metrics.csv"},
                          {"irn": cfg["irn"], "classes": classes, "device": cfg["device"],
                           "seed": cfg["seed"]}, args.threads, out / "irn.log")
-        t["masks"] = stage("make_pseudo_masks",
-                           {"irn": out / "irn/model.pt", "seeds": run / "seeds/train.h5",
-                            "cams": run / "cams/train.h5", "ir_labels": out / "ir.h5", **common},
-                           {"masks": out / "masks.h5", "png": out / "png"},
-                           {"masks": cfg["masks"], "classes": classes, "device": cfg["device"]},
-                           args.threads, out / "masks.log")
-        stage("eval_masks", {"masks": out / "masks.h5", **common},
-              {"metrics": out / "masks.csv"}, {"classes": classes}, 1, out / "eval.log")
         ir = pd.read_csv(out / "ir.csv").iloc[-1]
-        masks = pd.read_csv(out / "masks.csv").set_index("variant")["miou"]
-        rows.append({"mode": mode, "ir_confident": ir["confident_fraction"],
-                     "ir_precision": ir["precision"], "ir_miou": ir["miou"],
-                     "mask_walk": masks["walk"], "mask_walk_crf": masks["walk_crf"],
-                     "minutes": sum(t.values()) / 60})
+        for rule in args.rules or [cfg["masks"]["rule"]]:
+            masks_cfg = {**cfg["masks"], "rule": rule}
+            t[rule] = stage("make_pseudo_masks",
+                            {"irn": out / "irn/model.pt", "seeds": run / "seeds/train.h5",
+                             "cams": run / "cams/train.h5", "ir_labels": out / "ir.h5",
+                             **common},
+                            {"masks": out / f"masks_{rule}.h5", "png": out / f"png_{rule}"},
+                            {"masks": masks_cfg, "classes": classes, "device": cfg["device"]},
+                            args.threads, out / f"masks_{rule}.log")
+            stage("eval_masks", {"masks": out / f"masks_{rule}.h5", **common},
+                  {"metrics": out / f"masks_{rule}.csv"}, {"classes": classes}, 1,
+                  out / f"eval_{rule}.log")
+            masks = pd.read_csv(out / f"masks_{rule}.csv").set_index("variant")["miou"]
+            rows.append({"mode": mode, "rule": rule, "ir_confident": ir["confident_fraction"],
+                         "ir_precision": ir["precision"], "ir_miou": ir["miou"],
+                         "mask_walk": masks["walk"], "mask_walk_crf": masks["walk_crf"]})
         print(f"{mode}: done in {sum(t.values()):.0f} s", flush=True)
     table = pd.DataFrame(rows)
-    print(f"\nrun {run} (mask rule {cfg['masks']['rule']}, fusion {cfg['fusion']}); best seed: "
+    print(f"\nrun {run} (fusion {cfg['fusion']}); best seed: "
           f"{best['variant']}/{best['rule']} at {best['threshold']:.2f} = {best['miou']:.4f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"artifacts in {scratch}")

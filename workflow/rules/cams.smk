@@ -14,7 +14,7 @@ rule extract_cams:
         f"{R}/logs/extract_cams_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/extract_cams_{{split}}.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         gpu=1,
         mem_mb=8000,

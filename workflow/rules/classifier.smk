@@ -19,7 +19,7 @@ rule train_classifier:
         f"{R}/logs/train_classifier.log",
     benchmark:
         f"{R}/benchmarks/train_classifier.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         gpu=1,
         mem_mb=16000,

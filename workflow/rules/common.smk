@@ -29,6 +29,18 @@ ENV = f"{workflow.basedir}/envs/wsss.yaml"
 CAM_SPLITS = ["train"]
 
 
+def _total_cores():
+    """This invocation's --cores; where none is given (--report, --lint, a cluster executor)
+    the machine's core count (the SLURM profile sets the heavy rules' threads itself)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return os.cpu_count() or 1
+
+
+CORES = _total_cores()
+
+
 def classes_params():
     """Class list of the configured data set, passed to every stage that needs it."""
     from wsss.data.dataset_classes import classes_for

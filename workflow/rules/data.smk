@@ -11,7 +11,7 @@ rule prepare_data:
         f"{R}/logs/prepare_data.log",
     benchmark:
         f"{R}/benchmarks/prepare_data.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         mem_mb=4000,
         runtime=60,

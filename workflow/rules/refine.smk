@@ -14,7 +14,7 @@ rule make_ir_labels:
         f"{R}/logs/make_ir_labels_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/make_ir_labels_{{split}}.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         mem_mb=4000,
         runtime=4 * 60,
@@ -49,7 +49,7 @@ rule train_irn:
         f"{R}/logs/train_irn.log",
     benchmark:
         f"{R}/benchmarks/train_irn.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         gpu=1,
         mem_mb=8000,
@@ -82,7 +82,7 @@ rule make_pseudo_masks:
         f"{R}/logs/make_pseudo_masks_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/make_pseudo_masks_{{split}}.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         gpu=1,
         mem_mb=4000,

@@ -44,7 +44,7 @@ rule report:
         f"{R}/logs/report.log",
     benchmark:
         f"{R}/benchmarks/report.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         mem_mb=4000,
         runtime=30,

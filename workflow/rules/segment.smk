@@ -23,7 +23,7 @@ rule train_segmentation:
         f"{R}/logs/train_segmentation.log",
     benchmark:
         f"{R}/benchmarks/train_segmentation.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         gpu=1,
         mem_mb=16000,
@@ -53,7 +53,7 @@ rule predict:
         f"{R}/logs/predict_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/predict_{{split}}.tsv"
-    threads: workflow.cores
+    threads: CORES
     resources:
         gpu=1,
         mem_mb=8000,
