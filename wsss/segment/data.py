@@ -47,14 +47,15 @@ def check_masks(records: Sequence[Record], masks: H5Reader, key: str) -> None:
 
 class SegmentationCrops(Dataset):
     """Random rescale (image bilinear, mask nearest), flip and crop (padding 0 / 255) of an
-    image and its pseudo mask, normalised; deterministic per (seed, epoch, index)."""
+    image and its label map ``key`` of a store (pseudo masks; IRN's IR labels), normalised;
+    deterministic per (seed, epoch, index)."""
 
     def __init__(self, records: Sequence[Record], masks: H5Reader, key: str, n_classes: int,
                  crop: int, rescale: tuple[float, float], mean: Sequence[float],
-                 std: Sequence[float], seed: int) -> None:
+                 std: Sequence[float], seed: int, what: str = "pseudo mask") -> None:
         self.records, self.masks, self.key, self.n_classes = list(records), masks, key, n_classes
         self.crop, self.rescale, self.mean, self.std = crop, rescale, mean, std
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.what = seed, 0, what
 
     def __len__(self) -> int:
         return len(self.records)
@@ -65,11 +66,11 @@ class SegmentationCrops(Dataset):
         img = load_rgb(rec.image)
         mask = self.masks.get(rec.id, [self.key])[self.key]
         if mask.shape != img.shape[:2]:
-            raise DataError(f"pseudo mask of {rec.id!r} is {mask.shape[1]}x{mask.shape[0]} but "
+            raise DataError(f"{self.what} of {rec.id!r} is {mask.shape[1]}x{mask.shape[0]} but "
                             f"its image {rec.image} is {img.shape[1]}x{img.shape[0]}")
         fg = mask[mask != IGNORE_INDEX]
         if fg.size and int(fg.max()) >= self.n_classes:
-            raise DataError(f"pseudo mask of {rec.id!r} has class {int(fg.max())}, outside "
+            raise DataError(f"{self.what} of {rec.id!r} has class {int(fg.max())}, outside "
                             f"0..{self.n_classes - 1} and {IGNORE_INDEX}")
         x, y = jitter_flip_crop(img, mask, self.rescale, self.crop, self.mean, self.std, rng)
         return x, y

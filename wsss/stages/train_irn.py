@@ -15,14 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsss.data.datasets import jitter_flip_crop, load_rgb
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.hashing import config_hash
@@ -31,6 +29,7 @@ from wsss.io.h5store import H5Reader
 from wsss.models.irn import EdgeNet
 from wsss.models.weights import input_stats
 from wsss.refine.paths import affinity_loss, pair_affinity, pair_labels
+from wsss.segment.data import SegmentationCrops
 from wsss.train.utils import (
     EpochSampler,
     autocast,
@@ -44,30 +43,20 @@ from wsss.train.utils import (
 log = logging.getLogger(__name__)
 
 
-class IRCrops(Dataset):
-    """Random rescale, flip and crop of an image and its IR label; label reduced to stride 4."""
+class IRCrops(SegmentationCrops):
+    """The segmenter's crops of an image and its IR label, the label reduced to stride 4."""
 
-    def __init__(self, records: list, labels: H5Reader, crop: int, rescale: tuple[float, float],
-                 mean: Any, std: Any, seed: int) -> None:
-        self.records, self.labels, self.crop, self.rescale = records, labels, crop, rescale
-        self.mean, self.std, self.seed, self.epoch = mean, std, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.records)
+    def __init__(self, records: list, labels: H5Reader, n_classes: int, crop: int,
+                 rescale: tuple[float, float], mean: Any, std: Any, seed: int) -> None:
+        super().__init__(records, labels, "label", n_classes, crop, rescale, mean, std, seed,
+                         what="IR label")
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rec = self.records[i]
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        img = load_rgb(rec.image)
-        label = self.labels.get(rec.id, ["label"])["label"]
-        if label.shape != img.shape[:2]:
-            raise DataError(f"IR label of {rec.id!r} is {label.shape}, its image {img.shape[:2]}")
-        out_x, out_y = jitter_flip_crop(img, label, self.rescale, self.crop, self.mean,
-                                        self.std, rng)
+        x, y = super().__getitem__(i)
         side = -(-self.crop // 4)
-        small = F.interpolate(out_y[None, None].float(), size=(side, side),
+        small = F.interpolate(y[None, None].float(), size=(side, side),
                               mode="nearest")[0, 0].to(torch.uint8)
-        return out_x, small
+        return x, small
 
 
 def irn_loss(edge_logits: torch.Tensor, labels: torch.Tensor, radius: int
@@ -96,7 +85,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     bb = cfg["backbone"]
     model = EdgeNet(bb["name"], bb.get("pretrained", "none"), bb.get("kwargs")).to(device)
     mean, std = input_stats(model.backbone)
-    ds = IRCrops(records, labels, cfg["crop"], tuple(cfg["rescale"]), mean, std, seed)
+    ds = IRCrops(records, labels, len(classes), cfg["crop"], tuple(cfg["rescale"]), mean, std,
+                 seed)
     params_to_train = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params_to_train, lr=cfg["lr"], momentum=cfg["momentum"],
                           weight_decay=cfg["weight_decay"])
