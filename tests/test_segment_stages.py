@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,14 @@ def test_train_writes_model_and_metrics_then_resumes(train_inputs, tmp_path, cap
     again, meta2 = load_segmenter(outputs["model"])
     assert meta2["config_hash"] == meta["config_hash"]
     assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())
+
+    # rewritten pseudo masks (an upstream rerun): the old state must not be resumed
+    st = os.stat(train_inputs["masks"])
+    os.utime(train_inputs["masks"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    caplog.clear()
+    _train(train_inputs, tmp_path / "seg")
+    assert "epoch 1:" in caplog.text and "1 epoch(s) done" not in caplog.text
+    assert load_segmenter(outputs["model"])[1]["config_hash"] != meta["config_hash"]
 
 
 def test_killed_mid_epoch_resumes_to_the_same_weights(train_inputs, tmp_path, monkeypatch,

@@ -35,6 +35,7 @@ from wsss.train.utils import (
     load_state,
     poly_lr,
     resolve_device,
+    run_signature,
     save_state,
     seed_everything,
 )
@@ -206,7 +207,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
 
     state_path = Path(outputs["model"]).parent / "_state" / "last.pt"
     fingerprint = config_hash({"cfg": cfg, "classes": classes, "seed": seed,
-                               "n": len(records)})
+                               "n": len(records),
+                               "run": run_signature("train_classifier", inputs)})
     state = load_state(state_path, fingerprint)
     epoch, step_in_epoch, rows, global_step = 0, 0, [], 0
     if state is not None:

@@ -36,6 +36,7 @@ from wsss.train.utils import (
     load_state,
     poly_lr,
     resolve_device,
+    run_signature,
     save_state,
     seed_everything,
 )
@@ -94,7 +95,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     total = steps * cfg["epochs"]
     state_path = Path(outputs["model"]).parent / "_state" / "last.pt"
     fingerprint = config_hash({"cfg": cfg, "classes": classes, "seed": seed, "n": len(records),
-                               "labels": labels.meta})
+                               "labels": labels.meta, "run": run_signature("train_irn", inputs)})
     state = load_state(state_path, fingerprint)
     epoch, rows, global_step = 0, [], 0
     if state is not None:

@@ -47,6 +47,7 @@ from wsss.train.utils import (
     freeze_prefixes,
     poly_lr,
     resolve_device,
+    run_signature,
     seed_everything,
 )
 
@@ -103,7 +104,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     fingerprint = config_hash({
         "cfg": {k: v for k, v in cfg.items() if k not in NOT_FINGERPRINTED},
         "classes": classes, "seed": seed, "ids": config_hash([r.id for r in records]),
-        "masks": masks.meta})
+        "masks": masks.meta, "run": run_signature("train_segmentation", inputs)})
     resumable = ResumableRun(Path(outputs["model"]).parent / "_state" / "last.pt", fingerprint,
                              {"model": net, "optimizer": opt, "scaler": scaler})
     progress = resumable.restore()
