@@ -1,14 +1,22 @@
 # wsss: weakly supervised semantic segmentation, one artifact per stage under results/<run>/.
 #
-#   snakemake --cores all                      # the demo, end to end
+#   snakemake --cores all                      # the demo (config.yaml), end to end
 #   snakemake --cores all --configfile workflow/presets/voc12-cobra.yaml
+#   snakemake --cores all --configfile workflow/presets/voc12-cobra.yaml my-site.yaml
 #   snakemake --cores all -R fuse_cams         # rerun one stage (and what depends on it)
 #
+# config.yaml (the demo) is read only when no --configfile is given: a preset is merged over the
+# schema defaults (the papers' settings) alone, so no demo value leaks into a paper run. Several
+# files stack in ONE flag, later ones winning (Snakemake keeps only the last of repeated flags).
 # The config is validated against workflow/schemas/config.schema.yaml at parse time, with
-# defaults filled in; each rule passes its own config section through `params:` so that a
-# changed setting reruns that stage and its descendants only.
+# defaults filled in, and checked against the models it names (wsss.checks); each rule passes
+# its own config section through `params:` so that a changed setting reruns that stage and its
+# descendants only.
 
-configfile: "config.yaml"
+
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsss.config import validate_config
 from wsss.data.classes import DEMO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_palette
 from wsss.data.demo import HABITATS, HOME_HABITAT, generate_demo, plan_demo_image
 from wsss.data.folder import folder_records
@@ -375,10 +376,19 @@ def test_prepare_folder(tmp_path: Path) -> None:
 def test_prepare_voc12(tmp_path: Path) -> None:
     _fake_voc(tmp_path / "VOC2012")
     out = {"train": tmp_path / "data/train.csv", "val": tmp_path / "data/val.csv"}
-    params = {"name": "voc12", "root": str(tmp_path / "VOC2012"),
-              "voc12": {"train_split": "train_aug", "val_split": "val"}}
+    params = validate_config({"dataset": {
+        "name": "voc12", "root": str(tmp_path / "VOC2012"),
+        "voc12": {"train_split": "train_aug", "val_split": "val"}}})["dataset"]
     prepare_data.run({}, out, params, threads=2)
     train = read_split_csv(out["train"], VOC_CLASSES)
-    assert len(train) == 3 and train[0].mask is not None
+    # the papers' protocol: train_aug trains, the 1,464 VOC train images (official masks) score
+    assert [r.id for r in train] == ["2007_000001", "2007_000002", "2007_000004"]
+    assert [r.mask.parent.name if r.mask else None for r in train] == [
+        "SegmentationClass", "SegmentationClass", None]
+    assert train[2].labels == (VOC_CLASSES.index("horse"),)  # labels still from the SBD mask
+    params["voc12"]["scored_train"] = "all"
+    prepare_data.run({}, out, params, threads=2)
+    train = read_split_csv(out["train"], VOC_CLASSES)
+    assert [r.mask.parent.name for r in train] == ["SegmentationClassAug"] * 3
     with pytest.raises(ConfigError, match=r"dataset\.root"):
         prepare_data.run({}, out, {"name": "voc12", "root": None})

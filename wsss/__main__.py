@@ -1,5 +1,8 @@
 """Command line: ``python -m wsss <stage> --input k=path --output k=path --params JSON``.
 
+``python -m wsss weights --configfile FILE...`` lists (and with ``--fetch`` downloads) the
+pretrained weights a config needs (:mod:`wsss.weights_cli`).
+
 Every Snakemake rule calls this; it runs any stage without Snakemake too. A user error
 (bad config, data or input file) prints one ``error:`` line and exits with status 2; partial
 outputs are never left behind (stages write atomically).
@@ -32,7 +35,13 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, set up logging and threads, and run one stage."""
+    """Parse arguments, set up logging and threads, and run one stage (or ``weights``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["weights"]:
+        import wsss  # noqa: F401  (installs the torchvision fix)
+        from wsss.weights_cli import main as weights_main
+
+        return weights_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m wsss", description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")

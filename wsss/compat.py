@@ -1,8 +1,8 @@
-"""Import-time fixes that let PyPI's CUDA torchvision and timm work on a CPU torch, offline.
+"""Import-time fix that lets PyPI's CUDA torchvision (and so timm) import on a CPU torch.
 
 PyPI's torchvision 0.28 is a CUDA build. On a CPU-only torch its ``_C`` extension fails to load
 and ``import torchvision`` raises ``RuntimeError: operator torchvision::nms does not exist``
-(REFERENCE.md section 1). timm imports torchvision at import time, so we:
+(measured on torch 2.13 CPU + torchvision 0.28). timm imports torchvision at import time, so we:
 
 1. try to load torchvision's real compiled ops with ``torch.ops.load_library`` (on a matching
    CUDA install this succeeds and nothing else changes);
@@ -10,8 +10,8 @@ and ``import torchvision`` raises ``RuntimeError: operator torchvision::nms does
    for at import (``nms`` and ``qnms``), with a module-level ``torch.library.Library`` kept alive.
    torchvision's compiled ops (nms, roi_align, ...) stay unavailable; wsss never calls them.
 
-We also default ``HF_HUB_OFFLINE=1`` so that timm never spends a minute retrying the hub;
-users who want hub downloads export ``HF_HUB_OFFLINE=0`` explicitly.
+The Hugging Face hub is left as the user set it: a connected machine downloads timm weights, an
+offline one sets ``HF_HUB_OFFLINE=1`` and reads them from the cache (docs/weights.md).
 """
 
 from __future__ import annotations
@@ -82,12 +82,11 @@ class _TorchvisionHook(importlib.abc.MetaPathFinder):
 
 
 def apply() -> None:
-    """Install the fixes: offline hub default now, torchvision ops right before its first import.
+    """Install the fix: torchvision's ops are made importable right before its first import.
 
     Deferring the torchvision fix keeps ``import wsss`` free of a torch import (the Snakefile
     imports ``wsss.config`` at parse time in every job).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if "torchvision" in sys.modules:
         return
     if not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):

@@ -119,6 +119,28 @@ def deep_update(base: dict, override: Mapping[str, Any]) -> dict:
     return out
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def load_workflow_config(configfiles: list[str | Path] | None = None) -> dict:
+    """The config a ``snakemake`` invocation with these ``--configfile`` files would use.
+
+    As the Snakefile does: ``config.yaml`` (the demo) only when no file is given, else the files
+    merged in order over the schema defaults alone; validated, defaults filled.
+    """
+    files = list(configfiles or [DEFAULT_CONFIG])
+    config: dict = {}
+    for path in files:
+        try:
+            with open(path) as fh:
+                config = deep_update(config, yaml.safe_load(fh) or {})
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return validate_config(config)
+
+
 def load_config(path: str | Path, *overrides: Mapping[str, Any]) -> dict:
     """Load a YAML config file, merge override dicts in order, and validate it."""
     try:
@@ -129,3 +151,11 @@ def load_config(path: str | Path, *overrides: Mapping[str, Any]) -> dict:
     for override in overrides:
         config = deep_update(config, override)
     return validate_config(config)
+
+
+def repeated_configfile_flags(argv: list[str]) -> bool:
+    """True when a command line repeats ``--configfile`` / ``--configfiles`` (Snakemake keeps
+    only the last occurrence, so the earlier files would be dropped silently)."""
+    flags = [a for a in argv if a in ("--configfile", "--configfiles")
+             or a.startswith(("--configfile=", "--configfiles="))]
+    return len(flags) > 1

@@ -4,13 +4,23 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from wsss.config import validate_config
+from wsss.checks import check_config
+from wsss.config import repeated_configfile_flags, validate_config
+from wsss.data.dataset_classes import classes_for
 from wsss.hashing import as_params
 from wsss.errors import ConfigError
 from wsss.workflow import stage_sources
 
+if repeated_configfile_flags(sys.argv):
+    raise WorkflowError(
+        "--configfile given more than once: Snakemake keeps only the last one. List every file "
+        "after ONE flag, later files winning: --configfile workflow/presets/voc12-cobra.yaml "
+        "my-site.yaml"
+    )
 try:
     _validated = validate_config(config)
+    # Consistency and the networks every stage will build (cached per setting in .snakemake/).
+    check_config(_validated, len(classes_for(_validated["dataset"])), ".snakemake/wsss-checks")
 except ConfigError as _exc:
     raise WorkflowError(str(_exc)) from None
 config.clear()
@@ -43,8 +53,6 @@ CORES = _total_cores()
 
 def classes_params():
     """Class list of the configured data set, passed to every stage that needs it."""
-    from wsss.data.dataset_classes import classes_for
-
     return classes_for(config["dataset"])
 
 

@@ -84,3 +84,24 @@ def voc12_records(root: Path, split: str, threads: int = 1) -> list[dict]:
     for rec, lab in zip(records, labels, strict=True):
         rec["labels"] = lab
     return records
+
+
+def scored_subset(records: list[dict], root: Path, subset: str) -> list[dict]:
+    """Keep the ground-truth mask only on the train images that score seeds and pseudo masks.
+
+    ``subset`` ``train``: the papers' protocol (IRN, CoBra: seeds and masks scored on the 1,464
+    images of VOC ``train`` with the official ``SegmentationClass`` masks); every other image
+    keeps its labels (read from its mask before) but gets an empty mask, so the scoring stages
+    skip it. ``all``: every image keeps its mask (train_aug is then scored on SBD masks).
+    """
+    if subset == "all":
+        return records
+    if subset != "train":
+        raise DataError(f"unknown scored subset {subset!r} (use train or all)")
+    root = Path(root).resolve()
+    official = set(_read_id_list(root / "ImageSets" / "Segmentation" / "train.txt"))
+    out = []
+    for rec in records:
+        mask = root / "SegmentationClass" / f"{rec['id']}.png"
+        out.append({**rec, "mask": str(mask) if rec["id"] in official and mask.is_file() else ""})
+    return out

