@@ -35,7 +35,7 @@ def test_errors_name_the_key(override, key):
 
 def test_presets_are_valid():
     for preset in sorted((ROOT / "workflow" / "presets").glob("*.yaml")):
-        load_config(ROOT / "config.yaml", __import__("yaml").safe_load(preset.read_text()))
+        load_config(preset)
 
 
 def test_command_line_strings_are_coerced_by_schema_type():
@@ -64,10 +64,10 @@ def test_import_wsss_is_light_and_fixes_torchvision():
     assert out in ("native", "schema-only")
 
 
-def test_hub_is_offline_by_default():
-    code = ("import os; os.environ.pop('HF_HUB_OFFLINE', None); import wsss; "
-            "print(os.environ['HF_HUB_OFFLINE'])")
+def test_hub_setting_is_left_to_the_user():
+    """import wsss never forces HF_HUB_OFFLINE (a connected machine must download weights)."""
+    code = ("import os; import wsss, timm; print(os.environ.get('HF_HUB_OFFLINE', 'unset'))")
     env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.strip()
-    assert out == "1"
+    assert out == "unset"

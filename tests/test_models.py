@@ -71,3 +71,27 @@ def test_cam_net_is_bias_free_and_foreground_only():
     model = CAMNet(5, CNN)
     assert model.cnn.cam_head.bias is None and model.cnn.cam_head.out_channels == 5
     assert np.isclose(sum(p.numel() for p in model.param_groups()["cnn"][1]), 1280 * 5)
+
+
+def test_edge_map_pads_to_the_training_crop_like_irn():
+    """edge_map(pad_to=S) = crop of the edge map of the image zero-padded right/bottom to S x S
+    (IRN's EdgeDisplacement); without padding the GroupNorm statistics differ."""
+    import torch.nn.functional as F
+
+    from wsss.models.irn import EdgeNet
+
+    torch.manual_seed(0)
+    net = EdgeNet("resnet18", "none").eval()
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.normal_()
+    x = torch.randn(2, 3, 37, 50)
+    padded = F.pad(x, [0, 64 - 50, 0, 64 - 37])
+    logits = net(torch.cat([padded, padded.flip(-1)]))
+    manual = torch.sigmoid((logits[:2] + logits[2:].flip(-1)) / 2)[:, 0, :10, :13]
+    got = net.edge_map(x, pad_to=64)
+    assert got.shape == (2, 10, 13)
+    assert torch.allclose(got, manual, atol=1e-6)
+    assert net.edge_map(x).shape == (2, 10, 13)
+    assert not torch.allclose(net.edge_map(x), got, atol=1e-4)
+    assert net.edge_map(torch.randn(1, 3, 80, 40), pad_to=64).shape == (1, 20, 10)  # larger side

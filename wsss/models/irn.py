@@ -47,9 +47,19 @@ class EdgeNet(nn.Module):
         return self.head(torch.cat(outs, 1))
 
     @torch.no_grad()
-    def edge_map(self, x: torch.Tensor) -> torch.Tensor:
+    def edge_map(self, x: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
         """IRN's test-time boundary: sigmoid of the mean of the image's and the flipped image's
-        logits (flipped back), shape (B, h4, w4) in [0, 1]."""
+        logits (flipped back), shape (B, ceil(H/4), ceil(W/4)) in [0, 1].
+
+        ``pad_to``: pad the normalised batch with zeros on the right and bottom to at least
+        ``pad_to`` x ``pad_to`` first and crop the map back, as IRN's ``EdgeDisplacement`` does
+        with its training crop (512): the edge branch's GroupNorm statistics then cover the
+        padded map as in training (docs/conventions.md). None runs on the image as it is.
+        """
+        h, w = x.shape[-2:]
+        if pad_to:
+            x = F.pad(x, [0, max(0, pad_to - w), 0, max(0, pad_to - h)])
         logits = self.forward(torch.cat([x, x.flip(-1)], 0))
         b = x.shape[0]
-        return torch.sigmoid((logits[:b] + logits[b:].flip(-1)) / 2)[:, 0]
+        edge = torch.sigmoid((logits[:b] + logits[b:].flip(-1)) / 2)[:, 0]
+        return edge[:, :-(-h // 4), :-(-w // 4)]

@@ -8,11 +8,12 @@ inputs: {"irn": irn/model.pt, "seeds": seeds/<split>.h5, "cams": cams/<split>.h5
 outputs: {"masks": masks/<split>.h5, "png": masks/<split>/ (VOC-palette PNGs of ``mask_crf``
           for rules cobra and psa, ``mask`` for rule irn)}
 Per image the store holds ``mask`` (the walk's labels) and ``mask_crf`` (after the final label
-CRF). Rules (REFERENCE.md sections 4, 5; :func:`masks_from_walk`):
+CRF). Rules (IRN Sec. 4.3; CoBra's code; docs/conventions.md; :func:`masks_from_walk`):
 
 * ``irn``: upsample x4, divide by the global max over classes, background score 0.25, argmax.
 * ``cobra``: upsample x4 (no global-max division), per class keep values >= 0.31 max_c + min_c,
-  background 0, argmax.
+  background 0, argmax. CoBra's code resizes the stride-4 maps straight to H x W instead; wsss
+  keeps IRN's upsample-and-crop geometry (up to 3 px apart at the bottom/right edges).
 * ``psa``: the background is walked too, as in AffinityNet (PSA, Ahn & Kwak 2018, ref. [2] of
   both papers): a channel (1 - max_c M)^p joins the seeds before the walk, argmax after it. So
   the background competes region by region with the propagated classes instead of with a
@@ -183,7 +184,7 @@ class Walker:
                                                       cfg["rule"], power)))
         x = torch.stack([normalize(img, self.meta["mean"], self.meta["std"]) for img in images])
         h4, w4 = seeds[0][1].shape[1:]
-        edge = self.model.edge_map(x.to(self.device))[:, :h4, :w4].float()
+        edge = self.model.edge_map(x.to(self.device), cfg["edge_pad"])[:, :h4, :w4].float()
         depth = max(1, max(ch.shape[0] for _, ch in seeds))
         stack = torch.zeros(len(seeds), depth, h4, w4, device=self.device)
         for b, (_, ch) in enumerate(seeds):
