@@ -188,6 +188,9 @@ def check_config(config: Mapping[str, Any], n_classes: int,
         ConfigError: naming the key.
     """
     check_consistency(config)
+    for key, backbone in backbones(config).items():  # local files can vanish: never cached
+        if backbone["pretrained"] not in ("none", "timm", "efficientnet_lite0"):
+            check_pretrained(key, backbone)
     marker = Path(cache_dir) / _fingerprint(config, n_classes) if cache_dir else None
     if marker is not None and marker.exists():
         return
