@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from wsss.data.classes import DEMO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_palette
+from wsss.data.coverage import read_class_table
 from wsss.data.demo import HABITATS, HOME_HABITAT, generate_demo, plan_demo_image
 from wsss.data.folder import folder_records
-from wsss.data.coverage import read_class_table
 from wsss.data.table import (
     Record,
     check_id,
