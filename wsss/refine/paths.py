@@ -31,6 +31,14 @@ __all__ = [
 IGNORE = 255
 _EPS = 1e-5
 PAIR_KINDS: tuple[str, ...] = ("bg_pos", "fg_pos", "neg")
+# What the loss loses when a kind of pair is absent (for the training stage's warnings).
+PAIR_ROLES: dict[str, str] = {
+    "bg_pos": "nothing teaches 'no edge' inside the background",
+    "fg_pos": "nothing teaches 'no edge' inside objects",
+    "neg": "nothing teaches where the edges are (a foreground pixel and a background or "
+           "other-class pixel within the radius), so the random walk spreads seeds across "
+           "object borders",
+}
 
 
 def search_offsets(radius: int) -> list[tuple[int, int]]:

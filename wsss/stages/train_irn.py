@@ -37,7 +37,14 @@ from wsss.io.h5store import H5Reader
 from wsss.models.irn import EdgeNet
 from wsss.models.weights import input_stats
 from wsss.refine.ir_labels import threshold_advice
-from wsss.refine.paths import PAIR_KINDS, affinity_loss, pair_affinity, pair_counts, pair_labels
+from wsss.refine.paths import (
+    PAIR_KINDS,
+    PAIR_ROLES,
+    affinity_loss,
+    pair_affinity,
+    pair_counts,
+    pair_labels,
+)
 from wsss.segment.data import SegmentationCrops
 from wsss.train.counts import absent, add_counts, count_columns, labels_present
 from wsss.train.utils import (
@@ -52,8 +59,6 @@ from wsss.train.utils import (
 )
 
 log = logging.getLogger(__name__)
-PAIR_MEANING = ("bg_pos / fg_pos pairs teach 'no edge' inside background / objects, neg pairs "
-                "teach the edges between them")
 
 
 class IRCrops(SegmentationCrops):
@@ -169,10 +174,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                "seconds": round(time.time() - t0, 1)}
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, row)
-        none = absent(row, "pairs_", PAIR_KINDS)
-        if none:
-            log.warning("irn epoch %d: no %s pairs in any crop: the loss had nothing to learn "
-                        "from there (%s)", epoch + 1, ", ".join(none), PAIR_MEANING)
+        for kind in absent(row, "pairs_", PAIR_KINDS):
+            log.warning("irn epoch %d: no %s pair in any crop (pairs_%s 0): %s", epoch + 1,
+                        kind, kind, PAIR_ROLES[kind])
         epoch += 1
         save_state(state_path, {"fingerprint": fingerprint, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "epoch": epoch, "rows": rows,

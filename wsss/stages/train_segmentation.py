@@ -213,7 +213,8 @@ def train_epoch(model: nn.Module, ds: SegmentationCrops, opt: torch.optim.Optimi
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     none = absent(row, "pixels_", classes) if classes else []
     if none:
-        log.warning("segmentation epoch %d: no labelled pixel of %s in its crops: nothing taught "
-                    "the segmenter to predict them", epoch + 1, ", ".join(map(repr, none)))
+        log.warning("segmentation epoch %d: no labelled pixel of %s in its crops: nothing "
+                    "taught the segmenter to predict %s", epoch + 1, ", ".join(map(repr, none)),
+                    "them" if len(none) > 1 else "it")
     progress.end_epoch(row)
     resumable.save(progress)
