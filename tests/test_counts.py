@@ -106,11 +106,21 @@ def test_check_ir_labels_stops_without_a_kind(tmp_path, value, missing, advice):
     assert advice in text and "or try ir_labels.threshold 'gmm' or 'fixed'" in text
 
 
-def test_check_ir_labels_passes_with_both_kinds_in_different_images(tmp_path):
+def test_check_ir_labels_warns_when_no_image_mixes_labels(tmp_path, caplog):
+    """fg and bg exist, but never in one image: no negative pair is possible (a warning)."""
     maps = {"a": np.zeros((8, 8), np.uint8), "b": np.full((8, 8), 2, np.uint8)}
     store = _store(tmp_path / "ir.h5", "ir_labels", maps, "label",
                    {"ir_labels": {"threshold": "fixed"}})
+    caplog.set_level(logging.WARNING)
     check_ir_labels(store, ["a", "b"])
+    assert "no image's IR label holds two different confident labels" in caplog.text
+    caplog.clear()
+    mixed = np.zeros((8, 8), np.uint8)
+    mixed[2:5, 2:5] = 1
+    store = _store(tmp_path / "ok.h5", "ir_labels", {"c": mixed}, "label",
+                   {"ir_labels": {"threshold": "fixed"}})
+    check_ir_labels(store, ["c"])
+    assert caplog.text == ""
 
 
 def test_threshold_advice():

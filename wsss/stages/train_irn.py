@@ -12,8 +12,9 @@ path between them (REFERENCE.md section 4).
 Nothing to learn stops the stage before training: IR labels without any foreground pixel or
 without any background pixel (in every image) give no negative pairs, so the edge network would
 learn "no edges" and the random walk spread every seed over its image; the DataError names the
-store, its threshold rule and the ir_labels setting to change. An epoch without pairs of some
-kind is logged as a warning.
+store, its threshold rule and the ir_labels setting to change. IR labels where fg and bg exist
+but never in the same image (each image one label throughout) are a warning, as is an epoch
+without pairs of some kind.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.models.irn import EdgeNet
 from wsss.models.weights import input_stats
-from wsss.refine.ir_labels import threshold_advice
+from wsss.refine.ir_labels import MODES, threshold_advice
 from wsss.refine.paths import (
     PAIR_KINDS,
     PAIR_ROLES,
@@ -46,7 +47,7 @@ from wsss.refine.paths import (
     pair_labels,
 )
 from wsss.segment.data import SegmentationCrops
-from wsss.train.counts import absent, add_counts, count_columns, labels_present
+from wsss.train.counts import absent, add_counts, count_columns, label_sets
 from wsss.train.utils import (
     EpochSampler,
     autocast,
@@ -88,23 +89,31 @@ def irn_loss(edge_logits: torch.Tensor, labels: torch.Tensor, radius: int
 
 def check_ir_labels(labels: H5Reader, ids: list[str]) -> None:
     """Raise a DataError when the IR labels of ``ids`` hold no foreground or no background pixel
-    at all (IRN then has no negative pairs to learn boundaries from); reads images until both
-    kinds were seen."""
-    found = labels_present(labels, ids, "label",
-                           enough=lambda f: 0 in f and any(v > 0 for v in f))
+    at all, and warn when no image holds two different confident labels (IRN then has no
+    negative pair to learn boundaries from). Reads images until it has seen enough."""
+    found: set[int] = set()
+    mixed = False  # an image with two different confident labels: negative pairs possible
+    for _, values in label_sets(labels, ids, "label"):
+        found |= values
+        mixed = mixed or len(values) >= 2
+        if mixed and 0 in found and any(v > 0 for v in found):
+            return
+    mode = str(labels.meta.get("ir_labels", {}).get("threshold", "unknown"))
     missing = [kind for kind, ok in (("foreground", any(v > 0 for v in found)),
                                      ("background", 0 in found)) if not ok]
-    if not missing:
-        return
-    mode = str(labels.meta.get("ir_labels", {}).get("threshold", "unknown"))
-    what = " or ".join(missing)
-    advice = "; ".join(threshold_advice(mode, m) if mode != "unknown"
-                       else "check config section ir_labels" for m in missing)
-    raise DataError(
-        f"{labels.path}: the IR labels of all {len(ids)} images hold no confident {what} pixel "
-        f"(ir_labels.threshold {mode!r}), so IRN has no negative pairs: its edge map would learn "
-        f"'no edges' and the random walk would spread every seed over the whole image. "
-        f"Nothing to train on; {advice} (metrics/ir_labels_train.csv shows the thresholds).")
+    consequence = ("so IRN has no negative pairs: its edge map would learn 'no edges' and the "
+                   "random walk would spread every seed over the whole image")
+    if missing:
+        advice = "; ".join(threshold_advice(mode, m) if mode in MODES
+                           else "check config section ir_labels" for m in missing)
+        raise DataError(
+            f"{labels.path}: the IR labels of all {len(ids)} images hold no confident "
+            f"{' or '.join(missing)} pixel (ir_labels.threshold {mode!r}), {consequence}. "
+            f"Nothing to train on; {advice} (metrics/ir_labels_train.csv shows the thresholds).")
+    log.warning("%s: no image's IR label holds two different confident labels (each is one "
+                "class or background throughout; ir_labels.threshold %r), %s; the seeds are "
+                "degenerate: see data/classes.csv and metrics/seeds.csv", labels.path, mode,
+                consequence)
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],

@@ -11,14 +11,15 @@ which the stage logs as a warning (see ``docs/data.md``):
 * IRN: background-positive, foreground-positive and negative pairs,
   :func:`wsss.refine.paths.pair_counts` -> ``pairs_bg_pos``, ``pairs_fg_pos``, ``pairs_neg``.
 
-Before training, :func:`labels_present` scans a label store (IR labels, pseudo masks) for the
-values it holds, stopping as soon as the caller has seen enough, so a store that cannot teach
-anything (IR labels all background, pseudo masks all ignore) stops the stage with its cause.
+Before training, :func:`labels_present` / :func:`label_sets` scan a label store (IR labels,
+pseudo masks) for the values it holds, stopping as soon as the caller has seen enough, so a
+store that cannot teach anything (IR labels all background, pseudo masks all ignore) stops the
+stage with its cause.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +68,14 @@ def absent(row: MutableMapping[str, float], prefix: str, names: Sequence[str]) -
     return [n for n in names if not row.get(prefix + n, 0)]
 
 
+def label_sets(store: H5Reader, ids: Iterable[str], key: str) -> Iterator[tuple[str, set[int]]]:
+    """``(id, label values)`` of map ``key`` of each image ``ids`` (``IGNORE_INDEX`` excluded),
+    read lazily so that a caller can stop as soon as it has seen enough."""
+    for image_id in ids:
+        values = np.unique(store.get(image_id, [key])[key])
+        yield image_id, {int(v) for v in values if v != IGNORE_INDEX}
+
+
 def labels_present(store: H5Reader, ids: Iterable[str], key: str,
                    enough: Callable[[set[int]], bool] | None = None) -> set[int]:
     """Label values (``IGNORE_INDEX`` excluded) found in map ``key`` of the images ``ids``.
@@ -74,9 +83,8 @@ def labels_present(store: H5Reader, ids: Iterable[str], key: str,
     Stops early once ``enough(found)`` is true, so a healthy store costs one or two images.
     """
     found: set[int] = set()
-    for image_id in ids:
-        values = np.unique(store.get(image_id, [key])[key])
-        found.update(int(v) for v in values if v != IGNORE_INDEX)
+    for _, values in label_sets(store, ids, key):
+        found |= values
         if enough is not None and enough(found):
             break
     return found
