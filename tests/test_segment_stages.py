@@ -101,7 +101,11 @@ def test_train_writes_model_and_metrics_then_resumes(train_inputs, tmp_path, cap
     caplog.set_level(logging.INFO)
     outputs = _train(train_inputs, tmp_path / "seg")
     metrics = pd.read_csv(outputs["metrics"])
-    assert list(metrics.columns) == ["epoch", "steps", "loss", "pixel_acc", "lr", "seconds"]
+    pixels = [f"pixels_{c}" for c in CLASSES]
+    assert list(metrics.columns) == ["epoch", "steps", "loss", "pixel_acc", "lr", *pixels,
+                                     "seconds"]
+    crop = SEG_CFG["crop"]  # 2 steps of 2 crops; padding and pseudo-mask 255 are not counted
+    assert 0 < metrics[pixels].to_numpy().sum() <= 2 * 2 * crop * crop
     assert metrics["epoch"].tolist() == [1] and metrics["steps"].tolist() == [2]
     assert np.isfinite(metrics["loss"]).all() and 0 <= metrics["pixel_acc"][0] <= 1
     assert (tmp_path / "seg" / "_state" / "last.pt").exists()
