@@ -33,14 +33,19 @@ from wsss.data.dataset_classes import classes_for  # noqa: E402
 
 
 def stage(name: str, inputs: dict[str, Path], outputs: dict[str, Path], params: dict,
-          threads: int, log: Path) -> float:
-    """Run one stage as its Snakemake rule would; return its wall time in seconds."""
+          threads: int, log: Path, may_stop: bool = False) -> float | None:
+    """Run one stage as its Snakemake rule would; return its wall time in seconds. With
+    ``may_stop``, a user-facing stop (exit 2, e.g. train_irn on IR labels without foreground)
+    is printed and returns None instead of ending the benchmark."""
     cmd = [sys.executable, "-m", "wsss", name, "--params", json.dumps(params),
            "--threads", str(threads), "--log", str(log)]
     cmd += [f"--input={k}={v}" for k, v in inputs.items()]
     cmd += [f"--output={k}={v}" for k, v in outputs.items()]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode == 2 and may_stop:
+        print(f"{name} stopped: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+        return None
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (see {log}):\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t0
@@ -78,11 +83,19 @@ def main() -> None:
                         {"labels": out / "ir.h5", "metrics": out / "ir.csv"},
                         {"ir_labels": ir_cfg, "classes": classes}, args.threads,
                         out / "ir.log")
-        t["irn"] = stage("train_irn", {"labels": out / "ir.h5", **common},
-                         {"model": out / "irn/model.pt", "metrics": out / "irn/metrics.csv"},
-                         {"irn": cfg["irn"], "classes": classes, "device": cfg["device"],
-                          "seed": cfg["seed"]}, args.threads, out / "irn.log")
+        t_irn = stage("train_irn", {"labels": out / "ir.h5", **common},
+                      {"model": out / "irn/model.pt", "metrics": out / "irn/metrics.csv"},
+                      {"irn": cfg["irn"], "classes": classes, "device": cfg["device"],
+                       "seed": cfg["seed"]}, args.threads, out / "irn.log", may_stop=True)
         ir = pd.read_csv(out / "ir.csv").iloc[-1]
+        ir_row = {"mode": mode, "ir_confident": ir["confident_fraction"],
+                  "ir_precision": ir["precision"], "ir_miou": ir["miou"]}
+        if t_irn is None:  # nothing to learn (e.g. no foreground): no masks for this mode
+            rows += [{**ir_row, "rule": rule, "mask_walk": float("nan"),
+                      "mask_walk_crf": float("nan"), "note": "train_irn stopped"}
+                     for rule in args.rules or [cfg["masks"]["rule"]]]
+            continue
+        t["irn"] = t_irn
         for rule in args.rules or [cfg["masks"]["rule"]]:
             masks_cfg = {**cfg["masks"], "rule": rule}
             t[rule] = stage("make_pseudo_masks",
@@ -96,11 +109,11 @@ def main() -> None:
                   {"metrics": out / f"masks_{rule}.csv"}, {"classes": classes}, 1,
                   out / f"eval_{rule}.log")
             masks = pd.read_csv(out / f"masks_{rule}.csv").set_index("variant")["miou"]
-            rows.append({"mode": mode, "rule": rule, "ir_confident": ir["confident_fraction"],
-                         "ir_precision": ir["precision"], "ir_miou": ir["miou"],
-                         "mask_walk": masks["walk"], "mask_walk_crf": masks["walk_crf"]})
+            rows.append({**ir_row, "rule": rule, "mask_walk": masks["walk"],
+                         "mask_walk_crf": masks["walk_crf"], "note": ""})
         print(f"{mode}: done in {sum(t.values()):.0f} s", flush=True)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["mode", "rule", "ir_confident", "ir_precision",
+                                        "ir_miou", "mask_walk", "mask_walk_crf", "note"])
     print(f"\nrun {run} (fusion {cfg['fusion']}); best seed: "
           f"{best['variant']}/{best['rule']} at {best['threshold']:.2f} = {best['miou']:.4f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -152,6 +153,236 @@ def case_path_separator_in_id(tmp_path: Path) -> Expect:
     proc = snakemake(cfg, "--until", "prepare_data")
     return Expect(proc, rc=1, message=r"train\.csv, line 4: .*id 'sub/train_002'",
                   absent=[results / "case/data/train.csv", results / "case/data/val.csv"])
+
+
+# ---------------------------------------------------------------- data checks (issue 8: ids,
+# classes without negatives, images without ground truth, stages with nothing to learn)
+
+
+def tiny_config() -> dict:
+    """The validated config Snakemake sees for the tiny preset (defaults filled in)."""
+    from wsss.config import load_config
+
+    return load_config(ROOT / "config.yaml",
+                       yaml.safe_load((ROOT / "workflow/presets/tiny.yaml").read_text()))
+
+
+def dataset_params(ds: dict[str, Path], masks: bool = True) -> dict:
+    """prepare_data's params (the config's dataset section) for the folder data set ``ds``."""
+    return {"name": "folder", "root": str(ds["root"]), "classes": CLASSES,
+            "folder": {"images": "img", "masks": "masks" if masks else None,
+                       "train_labels": "train.csv", "val_labels": "val.csv"}}
+
+
+def prepared(ds: dict[str, Path], data: Path, masks: bool = True) -> dict[str, Path]:
+    """Run prepare_data on ``ds`` into ``data``; return its outputs (it must succeed)."""
+    out = {k: data / f"{k}.csv" for k in ("train", "val", "classes")}
+    proc = stage("prepare_data", {}, out, dataset_params(ds, masks))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _bad_id(ident: str) -> Callable[[Path], Expect]:
+    """A case: line 4 of train.csv holds the id ``ident``; prepare_data (through Snakemake)
+    stops naming the file, the line and the id, and writes none of its three CSVs."""
+    def build(tmp_path: Path) -> Expect:
+        ds = folder_dataset(tmp_path / "ds")
+        rows = ds["train"].read_text().splitlines()
+        rows[3] = f"{ident},cat"
+        ds["train"].write_text("\n".join(rows) + "\n")
+        results = tmp_path / "results"
+        proc = snakemake(folder_config(ds, results), "--until", "prepare_data")
+        data = results / "case/data"
+        return Expect(proc, rc=1, message=r"train\.csv, line 4: id " + re.escape(repr(ident)),
+                      absent=[data / "train.csv", data / "val.csv", data / "classes.csv"])
+    return build
+
+
+for _label, _ident in [("dotdot", ".."), ("parent_path", "../train_002"),
+                       ("leading_dot", ".train_002"), ("backslash", "sub\\train_002"),
+                       ("control_char", "train\t002")]:
+    CASES[f"id_{_label}"] = _bad_id(_ident)
+
+
+@case
+def case_bad_id_in_split_csv(tmp_path: Path) -> Expect:
+    """A hand-edited data/train.csv with a path as id stops the stage reading it (here the
+    classifier) before anything is trained, naming the CSV line."""
+    ds = folder_dataset(tmp_path / "ds")
+    data = prepared(ds, tmp_path / "data")
+    rows = data["train"].read_text().splitlines()
+    rows[2] = "../up," + rows[2].split(",", 1)[1]
+    data["train"].write_text("\n".join(rows) + "\n")
+    cfg = tiny_config()
+    model = tmp_path / "classifier/model.pt"
+    proc = stage("train_classifier", {"train": data["train"]},
+                 {"model": model, "metrics": tmp_path / "classifier/metrics.csv"},
+                 {"classifier": cfg["classifier"], "classes": CLASSES, "device": "cpu",
+                  "seed": 0})
+    return Expect(proc, rc=2, message=r"train\.csv, line 3: id '\.\./up' contains a path "
+                                      r"separator",
+                  absent=[model, tmp_path / "classifier/metrics.csv"])
+
+
+@case
+def case_class_on_every_train_image(tmp_path: Path) -> Expect:
+    """Every train image labelled cat, none dog: prepare_data succeeds, warns about both in its
+    log (what it means for the result) and writes the counts to data/classes.csv."""
+    ds = folder_dataset(tmp_path / "ds", labels=lambda split, i: ["cat"])
+    results = tmp_path / "results"
+    proc = snakemake(folder_config(ds, results), "--until", "prepare_data")
+    data = results / "case/data"
+
+    def check() -> None:
+        table = pd.read_csv(data / "classes.csv", keep_default_na=False)
+        assert table.to_dict("list") == {
+            "class": ["cat", "dog"], "train_images": [12, 0], "val_images": [4, 0],
+            "train_masks": [12, 0], "val_masks": [4, 0],
+            "problem": ["no_negatives", "no_positives"]}
+        log = (results / "case/logs/prepare_data.log").read_text()
+        assert "WARNING" in log and "class 'dog' is on none of the train images: no positive " \
+            "examples, so it will never be predicted" in log
+
+    return Expect(proc, rc=0,
+                  message=r"class 'cat' is on every one of the 12 train images: no negative "
+                          r"examples, so the classifier cannot tell where it is not; its CAMs "
+                          r"and pseudo masks will cover whole images",
+                  logs=[results / "case/logs/prepare_data.log"],
+                  present=[data / "train.csv", data / "val.csv"], check=check)
+
+
+def _perfect_cams(data: dict[str, Path], root: Path) -> dict[str, Path]:
+    """A CNN CAM store equal to the ground truth (1 on each class's rectangle, where a mask
+    exists; the rectangle of folder_dataset otherwise) and its seeds store."""
+    from wsss.data.table import read_split_csv
+    from wsss.io.h5store import H5Writer
+
+    cams, seeds = root / "cams/train.h5", root / "seeds/train.h5"
+    with H5Writer(cams, "cams", CLASSES, {"maps": ["cnn"]}) as cw, \
+            H5Writer(seeds, "seeds", CLASSES, {"fusion": "cnn"}) as sw:
+        for rec in read_split_csv(data["train"], CLASSES):
+            with Image.open(rec.image) as im:
+                w, h = im.size
+            gt = np.zeros((h, w), np.uint8)
+            gt[4:h // 2, 4:w // 2] = rec.labels[0]
+            keys = np.array(rec.labels)
+            cam = np.stack([(gt == c).astype(np.float32) for c in keys])
+            cw.add(rec.id, (h, w), keys, {"cnn": cam})
+            sw.add(rec.id, (h, w), keys, {"cam": cam})
+    return {"cams": cams, "seeds": seeds, "split": data["train"]}
+
+
+@case
+def case_train_masks_partly_missing(tmp_path: Path) -> Expect:
+    """Two train masks deleted: eval_seeds scores the other ten (seeds equal to the ground
+    truth: mIoU 1.0, images 10) and names the two skipped in its log."""
+    ds = folder_dataset(tmp_path / "ds")
+    for ident in ("train_003", "train_007"):
+        (ds["masks"] / f"{ident}.png").unlink()
+    data = prepared(ds, tmp_path / "data")
+    inputs = _perfect_cams(data, tmp_path)
+    cfg = tiny_config()
+    metrics, log = tmp_path / "metrics/seeds.csv", tmp_path / "eval_seeds.log"
+    proc = stage("eval_seeds", inputs, {"metrics": metrics},
+                 {"seeds": cfg["seeds"], "attention": cfg["ir_labels"]["attention"],
+                  "classes": CLASSES}, log=log)
+
+    def check() -> None:
+        table = pd.read_csv(metrics)
+        assert list(table["variant"]) == ["cnn"] and list(table["rule"]) == ["sweep"]
+        row = table.iloc[0]
+        assert row["images"] == 10 and row["miou"] == pytest.approx(1.0)
+        assert [row[f"iou_{c}"] for c in CLASSES] == pytest.approx([1.0, 1.0, 1.0])
+
+    return Expect(proc, rc=0, logs=[log],
+                  message=r"eval_seeds \(.*train\.csv\): 2 of 12 image\(s\) have no ground-truth "
+                          r"mask and are not scored \(scored on the other 10\): train_003, "
+                          r"train_007",
+                  present=[metrics], check=check)
+
+
+@case
+def case_no_masks_at_all(tmp_path: Path) -> Expect:
+    """No masks anywhere: the whole tiny DAG runs to the report (every score NaN, every
+    scoring stage's ``images`` 0) and report/warnings.txt says nothing could be scored."""
+    ds = folder_dataset(tmp_path / "ds", masks=False)
+    results = tmp_path / "results"
+    proc = snakemake(folder_config(ds, results, masks=False))
+    run = results / "case"
+
+    def check() -> None:
+        assert pd.read_csv(run / "report/summary.csv")["miou"].isna().all()
+        for name in ("seeds", "masks", "segmentation"):
+            table = pd.read_csv(run / f"metrics/{name}.csv")
+            assert table["miou"].isna().all() and (table["images"] == 0).all(), name
+        ir = pd.read_csv(run / "metrics/ir_labels_train.csv")
+        assert ir["images"].iloc[-1] == 0 and np.isnan(ir["miou"].iloc[-1])
+        warnings = (run / "report/warnings.txt").read_text()
+        assert "train: none of the 12 images has a ground-truth mask, so seeds, IR labels and " \
+               "pseudo masks could not be scored (mIoU n/a)" in warnings
+        assert "val: none of the 4 images has a ground-truth mask" in warnings
+        for name, columns in (("irn", ["pairs_bg_pos", "pairs_fg_pos", "pairs_neg"]),
+                              ("classifier", ["pos_cat", "pos_dog"]),
+                              ("segmentation", [f"pixels_{c}" for c in CLASSES])):
+            table = pd.read_csv(run / f"{name}/metrics.csv")
+            assert set(columns) <= set(table.columns), (name, list(table.columns))
+
+    return Expect(proc, rc=0, message=r"nothing could be scored",
+                  logs=[run / "report/warnings.txt"],
+                  present=[run / "report/miou_stages.png", run / "report/iou_classes.png"],
+                  check=check)
+
+
+def _label_store(path: Path, kind: str, key: str, data: dict[str, Path], value: int,
+                 meta: dict) -> Path:
+    """A store of ``kind`` with map ``key`` = ``value`` everywhere for every train image."""
+    from wsss.data.table import read_split_csv
+    from wsss.io.h5store import H5Writer
+
+    with H5Writer(path, kind, CLASSES, meta) as w:
+        for rec in read_split_csv(data["train"], CLASSES):
+            with Image.open(rec.image) as im:
+                size = (im.size[1], im.size[0])
+            w.add(rec.id, size, np.array(rec.labels), {key: np.full(size, value, np.uint8)},
+                  dtypes={key: np.uint8})
+    return path
+
+
+@case
+def case_ir_labels_all_background(tmp_path: Path) -> Expect:
+    """IR labels that came out all background (attention thresholds): train_irn stops before
+    training, naming the store, the threshold rule and the settings to change; no model."""
+    data = prepared(folder_dataset(tmp_path / "ds"), tmp_path / "data")
+    labels = _label_store(tmp_path / "ir_labels/train.h5", "ir_labels", "label", data, 0,
+                          {"ir_labels": {"threshold": "attention"}})
+    cfg = tiny_config()
+    out = {"model": tmp_path / "irn/model.pt", "metrics": tmp_path / "irn/metrics.csv"}
+    proc = stage("train_irn", {"labels": labels, "split": data["train"]}, out,
+                 {"irn": cfg["irn"], "classes": CLASSES, "device": "cpu", "seed": 0})
+    return Expect(proc, rc=2,
+                  message=r"ir_labels/train\.h5: the IR labels of all 12 images hold no "
+                          r"confident foreground pixel \(ir_labels\.threshold 'attention'\), so "
+                          r"IRN has no negative pairs.*lower ir_labels\.attention\.gap",
+                  absent=[out["model"], out["metrics"], tmp_path / "irn/_state"])
+
+
+@case
+def case_pseudo_masks_all_ignore(tmp_path: Path) -> Expect:
+    """Pseudo masks that are 255 everywhere: train_segmentation stops before training (its loss
+    would be zero), naming the store and the config key; no model."""
+    data = prepared(folder_dataset(tmp_path / "ds"), tmp_path / "data")
+    cfg = tiny_config()
+    key = cfg["segmentation"]["mask"]
+    masks = _label_store(tmp_path / "masks/train.h5", "masks", key, data, 255, {"rule": "psa"})
+    out = {"model": tmp_path / "segmentation/model.pt",
+           "metrics": tmp_path / "segmentation/metrics.csv"}
+    proc = stage("train_segmentation", {"masks": masks, "split": data["train"]}, out,
+                 {"segmentation": cfg["segmentation"], "classes": CLASSES, "device": "cpu",
+                  "seed": 0})
+    return Expect(proc, rc=2,
+                  message=rf"masks/train\.h5: the pseudo masks \('{key}', config key "
+                          r"segmentation\.mask\) of all 12 training images are ignore",
+                  absent=[out["model"], out["metrics"], tmp_path / "segmentation/_state"])
 
 
 # ---------------------------------------------------------------- the test

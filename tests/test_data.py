@@ -10,9 +10,17 @@ from PIL import Image
 
 from wsss.config import validate_config
 from wsss.data.classes import DEMO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_palette
+from wsss.data.coverage import read_class_table
 from wsss.data.demo import HABITATS, HOME_HABITAT, generate_demo, plan_demo_image
 from wsss.data.folder import folder_records
-from wsss.data.table import Record, read_split_csv, validate_records, write_split_csv
+from wsss.data.table import (
+    Record,
+    check_id,
+    read_split_csv,
+    records_from_rows,
+    validate_records,
+    write_split_csv,
+)
 from wsss.data.voc12 import voc12_records
 from wsss.errors import ConfigError, DataError
 from wsss.stages import prepare_data
@@ -32,6 +40,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list
     """One small demo generation shared by the read-only tests."""
     root = tmp_path_factory.mktemp("demo")
     return root, generate_demo(root, **DEMO)
+
+
+def _outputs(data: Path) -> dict[str, Path]:
+    """prepare_data's three outputs under ``data``."""
+    return {"train": data / "train.csv", "val": data / "val.csv", "classes": data / "classes.csv"}
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
@@ -207,6 +220,35 @@ def test_read_split_csv_errors(tmp_path: Path) -> None:
         read_split_csv(p, DEMO_CLASSES)
     with pytest.raises(DataError, match="not found"):
         read_split_csv(tmp_path / "nope.csv", DEMO_CLASSES)
+    p = _csv(tmp_path / "path.csv", "id,image,mask,labels\na,a.jpg,,cat\nsub/b,b.jpg,,dog\n")
+    with pytest.raises(DataError, match=r"path\.csv, line 3: id 'sub/b' contains a path sep"):
+        read_split_csv(p, DEMO_CLASSES)
+
+
+@pytest.mark.parametrize("ident, problem", [
+    ("sub/x", "contains a path separator"), ("sub\\x", "contains a path separator"),
+    ("../x", "contains a path separator"), (".", "is a relative directory name"),
+    ("..", "is a relative directory name"), (".hidden", "starts with '.'"),
+    ("a\tb", "contains a control character"), ("a\x00b", "contains a control character"),
+    ("a\nb", "contains a control character"), ("a\x7fb", "contains a control character"),
+    ("", "is empty")])
+def test_check_id_refuses(ident: str, problem: str) -> None:
+    with pytest.raises(DataError) as err:
+        check_id(ident, "t.csv, line 7")
+    assert str(err.value).startswith(f"t.csv, line 7: id {ident!r} {problem}")
+    assert "; ids name files and HDF5 groups, so an id must be a plain name" in str(err.value)
+
+
+@pytest.mark.parametrize("ident", ["2007_000032", "a.b", "x..y", "a b", "köln-1", "a~b", "A"])
+def test_check_id_accepts(ident: str) -> None:
+    check_id(ident, "t.csv, line 2")
+
+
+def test_records_from_rows_checks_ids(tmp_path: Path) -> None:
+    """Every data set's rows pass the id rule (the demo's, VOC's and the folder's alike)."""
+    rows = [{"id": "a", "image": "a.jpg", "labels": []}, {"id": ".b", "image": "b.jpg"}]
+    with pytest.raises(DataError, match=r"voc12 train, line 3: id '\.b' starts with"):
+        records_from_rows(rows, DEMO_CLASSES, tmp_path, "voc12 train")
 
 
 def test_validate_records(tmp_path: Path) -> None:
@@ -264,6 +306,11 @@ def test_folder_records(tmp_path: Path) -> None:
     noimg = _csv(tmp_path / "noimg.csv", "id,labels\nx3,apple\n")
     with pytest.raises(DataError, match=r"noimg\.csv, line 2: no image .*x3"):
         folder_records(tmp_path / "img", noimg, classes, None)
+    _save_image(tmp_path / "img/sub/x4.jpg", 12, 16)  # exists, but its id is a path
+    sub = _csv(tmp_path / "sub.csv", "id,labels\nx1,apple\nsub/x4,apple\n")
+    with pytest.raises(DataError, match=r"sub\.csv, line 3: id 'sub/x4' contains a path "
+                                        r"separator \(.*'sub_x4'\)"):
+        folder_records(tmp_path / "img", sub, classes, None)
 
 
 def _fake_voc(root: Path) -> None:
@@ -330,7 +377,7 @@ def test_classes_for() -> None:
 
 
 def test_prepare_demo(tmp_path: Path) -> None:
-    out = {"train": tmp_path / "data/train.csv", "val": tmp_path / "data/val.csv"}
+    out = _outputs(tmp_path / "data")
     prepare_data.run({}, out, {"name": "demo", "demo": DEMO}, threads=1)
     train = read_split_csv(out["train"], DEMO_CLASSES)
     val = read_split_csv(out["val"], DEMO_CLASSES)
@@ -338,7 +385,14 @@ def test_prepare_demo(tmp_path: Path) -> None:
     assert train[0].image == (tmp_path / "data/images/train/train_00000.jpg").resolve()
     validate_records(train + val, DEMO_CLASSES)
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
-        "images", "masks", "train.csv", "val.csv"]
+        "classes.csv", "images", "masks", "train.csv", "val.csv"]
+    stats = read_class_table(out["classes"])
+    assert list(stats["class"]) == list(DEMO_CLASSES[1:])
+    for split, recs in (("train", train), ("val", val)):
+        counts = [sum(c in r.labels for r in recs) for c in range(1, len(DEMO_CLASSES))]
+        assert list(stats[f"{split}_images"]) == counts  # every demo image has a mask:
+        assert list(stats[f"{split}_masks"]) == counts
+    assert (stats["problem"] == "").all()
 
 
 def test_prepare_demo_failure_leaves_nothing(tmp_path: Path,
@@ -347,13 +401,13 @@ def test_prepare_demo_failure_leaves_nothing(tmp_path: Path,
         raise DataError("corrupt image: x.jpg")
 
     monkeypatch.setattr(prepare_data, "validate_records", fail)
-    out = {"train": tmp_path / "data/train.csv", "val": tmp_path / "data/val.csv"}
+    out = _outputs(tmp_path / "data")
     with pytest.raises(DataError, match="corrupt"):
         prepare_data.run({}, out, {"name": "demo", "demo": DEMO}, threads=1)
     assert list((tmp_path / "data").iterdir()) == []
 
 
-def test_prepare_folder(tmp_path: Path) -> None:
+def test_prepare_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     classes = ["background", "apple", "pear"]
     _save_image(tmp_path / "ds/img/x1.jpg", 12, 16)
     _save_image(tmp_path / "ds/img/x2.jpg", 12, 16)
@@ -362,20 +416,27 @@ def test_prepare_folder(tmp_path: Path) -> None:
     params = {"name": "folder", "root": str(tmp_path / "ds"), "classes": classes,
               "folder": {"images": "img", "masks": None, "train_labels": "train.csv",
                          "val_labels": "val.csv"}}
-    out = {"train": tmp_path / "data/train.csv", "val": tmp_path / "data/val.csv"}
+    out = _outputs(tmp_path / "data")
     prepare_data.run({}, out, params)
     assert read_split_csv(out["val"], classes)[0].labels == (2,)
+    # apple is on the only train image, pear on none: both warned about and in classes.csv
+    stats = read_class_table(out["classes"]).set_index("class")
+    assert stats.loc["apple"].to_dict() == {"train_images": 1, "val_images": 0, "train_masks": 0,
+                                            "val_masks": 0, "problem": "no_negatives"}
+    assert stats.loc["pear", "problem"] == "no_positives" and stats.loc["pear", "val_images"] == 1
+    assert "class 'apple' is on every one of the 1 train images: no negative" in caplog.text
+    assert "class 'pear' is on none of the train images: no positive" in caplog.text
 
-    out2 = {"train": tmp_path / "d2/train.csv", "val": tmp_path / "d2/val.csv"}
+    out2 = _outputs(tmp_path / "d2")
     (tmp_path / "ds/img/x2.jpg").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"corrupt image: .*x2\.jpg"):
         prepare_data.run({}, out2, params)
-    assert not out2["train"].exists() and not out2["val"].exists()
+    assert not any(p.exists() for p in out2.values())
 
 
 def test_prepare_voc12(tmp_path: Path) -> None:
     _fake_voc(tmp_path / "VOC2012")
-    out = {"train": tmp_path / "data/train.csv", "val": tmp_path / "data/val.csv"}
+    out = _outputs(tmp_path / "data")
     params = validate_config({"dataset": {
         "name": "voc12", "root": str(tmp_path / "VOC2012"),
         "voc12": {"train_split": "train_aug", "val_split": "val"}}})["dataset"]

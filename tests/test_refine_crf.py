@@ -261,8 +261,9 @@ def test_stage_parallel_equals_serial(tmp_path):
     m1, m2 = pd.read_csv(o1["metrics"]), pd.read_csv(o2["metrics"])
     pd.testing.assert_frame_equal(m1, m2)
     assert list(m1.columns) == ["id", "bg_threshold", "fg_threshold", "confident_fraction",
-                                "precision", "miou", *(f"iou_{c}" for c in CLASSES)]
+                                "precision", "images", "miou", *(f"iou_{c}" for c in CLASSES)]
     assert m1["id"].iloc[-1] == "__total__"
+    assert list(m1["images"]) == [1] * 6 + [6]  # every image has a mask: all scored
     total = m1.iloc[-1]
     assert 0 < total["confident_fraction"] <= 1 and total["precision"] > 0.8
     assert 0 < total["miou"] <= 1 and m1["miou"].iloc[:-1].isna().all()

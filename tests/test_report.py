@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from wsss.data.coverage import class_table, read_class_table, write_class_table
 from wsss.data.table import read_split_csv, write_split_csv
 from wsss.errors import DataError
 from wsss.io.h5store import H5Reader, H5Writer
@@ -53,6 +54,10 @@ def inputs(tmp_path: Path) -> dict[str, str]:
             mask = f"{ident}_gt.png"
         records.append({"id": ident, "image": f"{ident}.png", "mask": mask, "labels": ["cat"]})
     write_split_csv(tmp_path / "train.csv", records)
+    split = read_split_csv(tmp_path / "train.csv", CLASSES)
+    # every image is labelled cat and none dog: both get a warning; val = train here
+    write_class_table(tmp_path / "classes.csv", class_table({"train": split, "val": split},
+                                                            CLASSES))
     with H5Writer(tmp_path / "seeds.h5", "seeds", CLASSES, {"fusion": "fuse"}) as seeds, \
             H5Writer(tmp_path / "ir.h5", "ir_labels", CLASSES,
                      {"ir_labels": {"threshold": "attention"}}) as ir, \
@@ -82,6 +87,8 @@ def inputs(tmp_path: Path) -> dict[str, str]:
             {"variant": "raw", "miou": 0.62, "iou_background": 0.9},  # class columns may be absent
             {"variant": "crf", "miou": 0.65, **_ious(0.65)}]),
         "split": str(tmp_path / "train.csv"),
+        "seg_split": str(tmp_path / "train.csv"),
+        "classes": str(tmp_path / "classes.csv"),
         "seeds": str(tmp_path / "seeds.h5"),
         "ir_labels": str(tmp_path / "ir.h5"),
         "masks": str(tmp_path / "masks.h5"),
@@ -93,7 +100,8 @@ def _outputs(root: Path) -> dict[str, str]:
     return {"summary": str(root / "report/summary.csv"),
             "stages_plot": str(root / "report/miou_stages.png"),
             "classes_plot": str(root / "report/iou_classes.png"),
-            "overlays": str(root / "report/overlays")}
+            "overlays": str(root / "report/overlays"),
+            "warnings": str(root / "report/warnings.txt")}
 
 
 PARAMS = {"report": {"overlay_images": 2}, "predict": {"scales": [1.0], "flip": False},
@@ -142,6 +150,40 @@ def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
     assert [p.name for p in sheets] == ["a.png", "b.png"]  # the first two ids of the split
     assert injected[0][1:] == (PARAMS["predict"], "cpu", CLASSES)
     assert not list(tmp_path.glob("report/.*"))  # no temporary leftovers
+    warnings = Path(outs["warnings"]).read_text().splitlines()
+    assert len(warnings) == 4, warnings
+    assert warnings[0].startswith("class 'cat' is on every one of the 3 train images: no "
+                                  "negative examples")
+    assert warnings[1].startswith("class 'dog' is on none of the train images: no positive")
+    assert warnings[2] == ("train: 1 of 3 images have no ground-truth mask and were not scored "
+                           "(b); seeds, IR labels and pseudo masks were scored on the other 2")
+    assert warnings[3].startswith("val: 1 of 3 images have no ground-truth mask")
+
+
+def test_class_table_counts(inputs):
+    table = read_class_table(inputs["classes"])
+    assert list(table.columns) == ["class", "train_images", "val_images", "train_masks",
+                                   "val_masks", "problem"]
+    assert table.to_dict("list") == {
+        "class": ["cat", "dog"], "train_images": [3, 0], "val_images": [3, 0],
+        "train_masks": [2, 0], "val_masks": [2, 0], "problem": ["no_negatives", "no_positives"]}
+
+
+def test_nothing_scored_is_reported_and_plotted(inputs, tmp_path, injected):
+    """Metrics without any score (no ground truth anywhere): the report still draws its plots
+    and its warnings say that nothing could be scored."""
+    for key in ("seeds_metrics", "ir_metrics", "masks_metrics", "seg_metrics"):
+        table = pd.read_csv(inputs[key])
+        for col in table.columns:
+            if col == "miou" or col.startswith("iou_"):
+                table[col] = np.nan
+        table.to_csv(inputs[key], index=False)
+    outs = _outputs(tmp_path)
+    report.run(inputs, outs, {**PARAMS, "report": {"overlay_images": 0}})
+    assert pd.read_csv(outs["summary"])["miou"].isna().all()
+    assert _png_size(outs["stages_plot"])[0] > 300 and _png_size(outs["classes_plot"])[0] > 300
+    text = Path(outs["warnings"]).read_text()
+    assert "nothing could be scored: no stage has an mIoU" in text
 
 
 def test_stage_plot_keeps_best_seed_only(inputs):

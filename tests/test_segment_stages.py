@@ -101,7 +101,11 @@ def test_train_writes_model_and_metrics_then_resumes(train_inputs, tmp_path, cap
     caplog.set_level(logging.INFO)
     outputs = _train(train_inputs, tmp_path / "seg")
     metrics = pd.read_csv(outputs["metrics"])
-    assert list(metrics.columns) == ["epoch", "steps", "loss", "pixel_acc", "lr", "seconds"]
+    pixels = [f"pixels_{c}" for c in CLASSES]
+    assert list(metrics.columns) == ["epoch", "steps", "loss", "pixel_acc", "lr", *pixels,
+                                     "seconds"]
+    crop = SEG_CFG["crop"]  # 2 steps of 2 crops; padding and pseudo-mask 255 are not counted
+    assert 0 < metrics[pixels].to_numpy().sum() <= 2 * 2 * crop * crop
     assert metrics["epoch"].tolist() == [1] and metrics["steps"].tolist() == [2]
     assert np.isfinite(metrics["loss"]).all() and 0 <= metrics["pixel_acc"][0] <= 1
     assert (tmp_path / "seg" / "_state" / "last.pt").exists()
@@ -270,7 +274,8 @@ def test_eval_segmentation_hand_computed_miou(eval_inputs, tmp_path, caplog):
     eval_segmentation.run(eval_inputs, out, {"classes": CLASSES})
     table = pd.read_csv(out["metrics"]).set_index("variant")
     assert list(table.index) == ["raw", "crf"]
-    assert list(table.columns) == ["miou", "iou_background", "iou_cat", "iou_dog"]
+    assert list(table.columns) == ["miou", "iou_background", "iou_cat", "iou_dog", "images"]
+    assert list(table["images"]) == [2, 2]
     # raw: background TP 5 / (5 + FP 1 + FN 1), cat 3 / (3 + 1), dog 1 / (1 + 1); the pixel
     # under GT 255 (predicted dog) is ignored.
     expected = [5 / 7, 3 / 4, 1 / 2]
@@ -278,15 +283,25 @@ def test_eval_segmentation_hand_computed_miou(eval_inputs, tmp_path, caplog):
                        atol=1e-4)
     assert table.loc["raw", "miou"] == pytest.approx(np.mean(expected), abs=1e-4)
     assert table.loc["crf", "miou"] == pytest.approx(1.0)
-    assert "skipping 1 image(s) without a ground-truth mask: c" in caplog.text
+    assert "1 of 3 image(s) have no ground-truth mask and are not scored (scored on the " \
+        "other 2): c" in caplog.text
+
+
+def test_eval_segmentation_without_ground_truth(eval_inputs, tmp_path, caplog):
+    """A split without any mask is scored as nothing: NaN rows, images 0, a warning."""
+    out = {"metrics": str(tmp_path / "seg.csv")}
+    no_gt = tmp_path / "nogt.csv"
+    write_split_csv(no_gt, [{"id": "c", "image": "c.png", "mask": None, "labels": []}])
+    eval_segmentation.run({**eval_inputs, "split": str(no_gt)}, out, {"classes": CLASSES})
+    table = pd.read_csv(out["metrics"]).set_index("variant")
+    assert list(table.index) == ["raw", "crf"]
+    assert table[["miou", "iou_background", "iou_cat", "iou_dog"]].isna().all().all()
+    assert list(table["images"]) == [0, 0]
+    assert "none of the 1 image(s) has a ground-truth mask: nothing could be scored" in caplog.text
 
 
 def test_eval_segmentation_errors(eval_inputs, tmp_path):
     out = {"metrics": str(tmp_path / "seg.csv")}
-    no_gt = tmp_path / "nogt.csv"
-    write_split_csv(no_gt, [{"id": "c", "image": "c.png", "mask": None, "labels": []}])
-    with pytest.raises(DataError, match=r"nogt\.csv: no image has a ground-truth mask"):
-        eval_segmentation.run({**eval_inputs, "split": str(no_gt)}, out, {"classes": CLASSES})
     extra = tmp_path / "extra.csv"
     write_split_csv(extra, [{"id": "a", "image": "a.png", "mask": "a_gt.png", "labels": []},
                             {"id": "zz", "image": "a.png", "mask": None, "labels": []}])

@@ -93,6 +93,19 @@ def test_dag_ends_with_segmentation_and_report(tiny_run):
     assert len(list((run / "predictions/val").glob("*.png"))) == 8
     metrics = pd.read_csv(run / "segmentation/metrics.csv")
     assert list(metrics["epoch"]) == [1] and (run / "segmentation/_state/last.pt").exists()
+    # every demo image has a mask: every scoring stage scored them all
+    assert list(seg["images"]) == [8, 8]
+    assert (pd.read_csv(run / "metrics/seeds.csv")["images"] == 24).all()
+    # what each trained stage learnt from, per epoch (tiny crops may miss a class: >= 0)
+    classes = pd.read_csv(run / "data/classes.csv")["class"].tolist()
+    assert metrics[[f"pixels_{c}" for c in ["background", *classes]]].to_numpy().sum() > 0
+    irn = pd.read_csv(run / "irn/metrics.csv")
+    assert (irn[["pairs_bg_pos", "pairs_fg_pos", "pairs_neg"]].to_numpy() >= 0).all()
+    assert irn["pairs_bg_pos"].iloc[0] > 0
+    clf = pd.read_csv(run / "classifier/metrics.csv")
+    positives = clf[[f"pos_{c}" for c in classes]].to_numpy()
+    assert (positives.sum(1) >= clf["steps"] * 4).all()  # every image has a class, batch 4
+    assert (run / "report/warnings.txt").read_text().strip()
     for rule in ("train_segmentation", "predict_val", "eval_segmentation", "report"):
         assert (run / "logs" / f"{rule}.log").stat().st_size > 0
         assert (run / "benchmarks" / f"{rule}.tsv").exists()

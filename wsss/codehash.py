@@ -38,7 +38,7 @@ Def = tuple[str, str]  # (module, top-level name)
 
 
 def module_file(module: str) -> Path | None:
-    """The source file of a ``wsss`` module (``wsss.a.b`` -> wsss/a/b.py or wsss/a/b/__init__.py)."""
+    """The source file of a ``wsss`` module: wsss/a/b.py or wsss/a/b/__init__.py for wsss.a.b."""
     parts = module.split(".")
     if parts[0] != PACKAGE:
         return None

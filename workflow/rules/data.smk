@@ -5,6 +5,7 @@ rule prepare_data:
     output:
         train=f"{R}/data/train.csv",
         val=f"{R}/data/val.csv",
+        classes=f"{R}/data/classes.csv",
     params:
         cfg=as_params(config["dataset"]),
     log:
@@ -19,4 +20,5 @@ rule prepare_data:
         ENV
     shell:
         "python -m wsss prepare_data --output train={output.train} --output val={output.val}"
+        " --output classes={output.classes}"
         " --params {params.cfg:q} --threads {threads} --log {log}"

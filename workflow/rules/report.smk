@@ -2,13 +2,16 @@
 
 
 rule report:
-    """Summary table (stage, variant, miou), mIoU plots and overlay sheets of fixed images."""
+    """Summary table (stage, variant, miou), mIoU plots, overlay sheets of fixed images and the
+    warnings (classes without positive/negative images, images without ground truth)."""
     input:
         seeds_metrics=f"{R}/metrics/seeds.csv",
         ir_metrics=f"{R}/metrics/ir_labels_train.csv",
         masks_metrics=f"{R}/metrics/masks.csv",
         seg_metrics=f"{R}/metrics/segmentation.csv",
         split=f"{R}/data/train.csv",
+        seg_split=f"{R}/data/{config['predict']['split']}.csv",
+        classes=f"{R}/data/classes.csv",
         seeds=f"{R}/seeds/train.h5",
         ir_labels=f"{R}/ir_labels/train.h5",
         masks=f"{R}/masks/train.h5",
@@ -23,6 +26,9 @@ rule report:
         ),
         classes_plot=report(
             f"{R}/report/iou_classes.png", caption="../report/iou_classes.rst", category="Summary"
+        ),
+        warnings=report(
+            f"{R}/report/warnings.txt", caption="../report/warnings.rst", category="Summary"
         ),
         overlays=report(
             directory(f"{R}/report/overlays"),
@@ -54,8 +60,10 @@ rule report:
         "python -m wsss report --input seeds_metrics={input.seeds_metrics}"
         " --input ir_metrics={input.ir_metrics} --input masks_metrics={input.masks_metrics}"
         " --input seg_metrics={input.seg_metrics} --input split={input.split}"
+        " --input seg_split={input.seg_split} --input classes={input.classes}"
         " --input seeds={input.seeds} --input ir_labels={input.ir_labels}"
         " --input masks={input.masks} --input model={input.model}"
         " --output summary={output.summary} --output stages_plot={output.stages_plot}"
         " --output classes_plot={output.classes_plot} --output overlays={output.overlays}"
+        " --output warnings={output.warnings}"
         " --params {params.cfg:q} --threads {threads} --log {log}"

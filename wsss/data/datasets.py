@@ -40,9 +40,14 @@ def jitter_flip_crop(img: np.ndarray, label: np.ndarray, rescale: tuple[float, f
 
 
 def load_mask(path: object, size: tuple[int, int], image_id: str) -> np.ndarray:
-    """Read a ground-truth mask (uint8 class indices, 255 ignore) and check it has ``size``."""
+    """Read a ground-truth mask (uint8 class indices, 255 ignore) and check it has ``size``.
+
+    Masks are optional: callers skip images without one (``path`` None is a ValueError, a
+    programming error; see :func:`wsss.data.coverage.split_by_ground_truth`). An unreadable
+    mask or one of another size is a DataError naming it.
+    """
     if path is None:
-        raise DataError(f"image {image_id!r} has no ground-truth mask to score against")
+        raise ValueError(f"image {image_id!r} has no ground-truth mask: skip it before scoring")
     try:
         with Image.open(path) as im:
             gt = np.asarray(im)

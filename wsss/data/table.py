@@ -3,12 +3,18 @@
 Columns: ``id, image, mask, labels``. ``labels`` holds class names joined by ``;`` (no
 background); ``mask`` may be empty; ``image`` and ``mask`` are absolute or relative to the CSV's
 directory. Errors name the file and the line (the header is line 1, like a spreadsheet row).
+
+Ids name files (``masks/<split>/<id>.png``, ``report/overlays/<id>.png``) and HDF5 groups
+(``/images/<id>``), so an id must be a plain name: :func:`check_id` gives the rule, enforced
+wherever CSV rows become records (every data set at ``prepare_data`` and every stage that reads a
+split CSV) and by the ``folder`` data set's labels CSV.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +31,8 @@ COLUMNS: tuple[str, ...] = ("id", "image", "mask", "labels")
 _IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
                  Image.DecompressionBombError)
 LABEL_SEP = ";"
+ID_RULE = ("ids name files and HDF5 groups, so an id must be a plain name: not empty, no '/' "
+           "or '\\', not '.' or '..', no leading '.', no control characters")
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,28 @@ def write_split_csv(path: Path, records: Iterable[Mapping[str, object]]) -> None
                              LABEL_SEP.join(str(x) for x in labels)])
 
 
+def check_id(ident: str, where: str) -> None:
+    """Raise a DataError (prefixed with ``where``, e.g. ``train.csv, line 4``) when ``ident``
+    breaks the id rule: empty, containing ``/`` or ``\\``, ``.`` or ``..``, starting with
+    ``.``, or containing a control character (Unicode category Cc: NUL, tab, newline, DEL...)."""
+    if not ident:
+        problem = "is empty"
+    elif "/" in ident or "\\" in ident:
+        flat = ident.replace("/", "_").replace("\\", "_")
+        problem = "contains a path separator"
+        if not flat.startswith("."):
+            problem += f" (an image in a sub-folder: give it a flat name such as {flat!r})"
+    elif ident in (".", ".."):
+        problem = "is a relative directory name"
+    elif ident.startswith("."):
+        problem = "starts with '.'"
+    elif any(unicodedata.category(ch) == "Cc" for ch in ident):
+        problem = "contains a control character"
+    else:
+        return
+    raise DataError(f"{where}: id {ident!r} {problem}; {ID_RULE}")
+
+
 def parse_labels(text: str, classes: Sequence[str], where: str) -> tuple[int, ...]:
     """Turn ``'cat;dog'`` into sorted class indices; ``where`` names the file and line on error."""
     index = {name: i for i, name in enumerate(classes) if i > 0}
@@ -84,6 +114,7 @@ def records_from_rows(rows: Iterable[Mapping[str, object]], classes: Sequence[st
         mask = _cell(row.get("mask")).strip()
         if not ident:
             raise DataError(f"{where}: empty id")
+        check_id(ident, where)
         if ident in seen:
             raise DataError(f"{where}: duplicate id {ident!r} (first on line {seen[ident]})")
         seen[ident] = line
@@ -113,7 +144,10 @@ def read_split_csv(path: Path, classes: Sequence[str]) -> list[Record]:
         if missing:
             raise DataError(f"{path}, line 1: missing column(s) {', '.join(missing)} "
                             f"(expected {', '.join(COLUMNS)})")
-        records = records_from_rows(reader, classes, path.parent.resolve(), str(path))
+        try:
+            records = records_from_rows(reader, classes, path.parent.resolve(), str(path))
+        except csv.Error as exc:
+            raise DataError(f"{path}, line {reader.line_num}: unreadable CSV: {exc}") from None
     if not records:
         raise DataError(f"{path}: empty split (no rows after the header)")
     return records

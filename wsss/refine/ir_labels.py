@@ -268,3 +268,25 @@ def confidence_map(cams: np.ndarray) -> np.ndarray:
     """Per-pixel CAM confidence: the max over the image's classes (zeros when it has none)."""
     cams = np.asarray(cams)
     return cams.max(0) if cams.shape[0] else np.zeros(cams.shape[1:], dtype=cams.dtype)
+
+
+_ADVICE = {
+    ("attention", "foreground"): "lower ir_labels.attention.gap (fg = bg + gap) or "
+                                 "ir_labels.attention.percentile",
+    ("attention", "background"): "raise ir_labels.attention.percentile (the bg threshold)",
+    ("gmm", "foreground"): "lower ir_labels.gmm.confidence",
+    ("gmm", "background"): "lower ir_labels.gmm.confidence",
+    ("fixed", "foreground"): "lower ir_labels.fixed.fg",
+    ("fixed", "background"): "raise ir_labels.fixed.bg",
+}
+
+
+def threshold_advice(mode: str, missing: str) -> str:
+    """What to change in the config when IR labels made under threshold rule ``mode``
+    (:data:`MODES`) hold no ``missing`` pixel (``'foreground'`` or ``'background'``)."""
+    if missing not in ("foreground", "background"):
+        raise ValueError(f"missing must be 'foreground' or 'background', got {missing!r}")
+    others = " or ".join(repr(m) for m in MODES if m != mode)
+    specific = _ADVICE.get((mode, missing))
+    return (f"{specific}, or try ir_labels.threshold {others}" if specific
+            else f"try ir_labels.threshold {others}")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 __all__ = [
     "affinity_loss",
     "pair_affinity",
+    "pair_counts",
     "pair_labels",
     "path_pixels",
     "search_offsets",
@@ -29,6 +30,15 @@ __all__ = [
 
 IGNORE = 255
 _EPS = 1e-5
+PAIR_KINDS: tuple[str, ...] = ("bg_pos", "fg_pos", "neg")
+# What the loss loses when a kind of pair is absent (for the training stage's warnings).
+PAIR_ROLES: dict[str, str] = {
+    "bg_pos": "nothing teaches 'no edge' inside the background",
+    "fg_pos": "nothing teaches 'no edge' inside objects",
+    "neg": "nothing teaches where the edges are (a foreground pixel and a background or "
+           "other-class pixel within the radius), so the random walk spreads seeds across "
+           "object borders",
+}
 
 
 def search_offsets(radius: int) -> list[tuple[int, int]]:
@@ -126,6 +136,17 @@ def pair_labels(labels: torch.Tensor, radius: int) -> dict[str, torch.Tensor]:
         "fg_pos": known & same & (src != 0),
         "neg": known & ~same,
     }
+
+
+def pair_counts(masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How many pairs of each kind :func:`pair_labels` found: (3,) int64 counts in the order of
+    :data:`PAIR_KINDS` (bg_pos, fg_pos, neg), summed over the batch, offsets and pixels.
+
+    The affinity loss learns "no edge" from the positives and "edge" from the negatives only; a
+    kind with no pair contributes nothing (:func:`affinity_loss`), which the training stage
+    reports (IRN, Ahn et al. 2019: the boundary map is learnt from these pairs alone).
+    """
+    return torch.stack([masks[k].sum() for k in PAIR_KINDS])
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

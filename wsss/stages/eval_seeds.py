@@ -1,5 +1,9 @@
 """Stage eval_seeds: seed mIoU of every fusion variant under a threshold sweep and CoBra's
-attention rule, ``metrics/seeds.csv`` (``variant, rule, threshold, miou, iou_<class>...``).
+attention rule, ``metrics/seeds.csv`` (``variant, rule, threshold, miou, selected,
+iou_<class>..., images``; ``images``: how many images were scored).
+
+Only images with a ground-truth mask are scored; the others are named in the log
+(:mod:`wsss.data.coverage`). Without any, every row has NaN scores and a NaN sweep threshold.
 
 params: {"seeds": <sweep section>, "attention": ir_labels.attention, "classes": [...]}
 inputs: {"cams": cams/<split>.h5, "seeds": seeds/<split>.h5, "split": data/<split>.csv}
@@ -18,6 +22,7 @@ from tqdm import tqdm
 from wsss.cams.fuse import available_fusions, fuse_maps
 from wsss.cams.thresholds import attention_threshold, labels_at_threshold
 from wsss.data.classes import IGNORE_INDEX
+from wsss.data.coverage import skipped_note, split_by_ground_truth
 from wsss.data.datasets import load_mask
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
@@ -57,7 +62,8 @@ def sweep_confusions(cams: np.ndarray, keys: np.ndarray, gt: np.ndarray,
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         threads: int = 1) -> None:
-    """Score every fusion variant and threshold rule against the split's ground truth."""
+    """Score every fusion variant and threshold rule against the split's ground truth (images
+    without a mask are skipped and named in the log; with none, the scores are NaN)."""
     classes = params["classes"]
     n = len(classes)
     sw = params["seeds"]
@@ -67,19 +73,24 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cams = H5Reader(inputs["cams"], kind="cams")
     selected = H5Reader(inputs["seeds"], kind="seeds").meta["fusion"]
     records = {r.id: r for r in read_split_csv(Path(inputs["split"]), classes)}
+    extra = [i for i in cams.ids if i not in records]
+    if extra:
+        raise DataError(f"{inputs['cams']} has image {extra[0]!r}, absent from "
+                        f"{inputs['split']} ({len(extra)} such image(s))")
+    scored, skipped = split_by_ground_truth([records[i] for i in cams.ids])
+    if skipped:
+        log.warning("%s", skipped_note(f"eval_seeds ({inputs['split']})", skipped,
+                                       len(cams.ids)))
     variants = available_fusions(set(cams.meta["maps"]))
+    has_attn = bool(cams.ids) and "attn" in cams.get(cams.ids[0])
     sweep = {v: np.zeros((len(thresholds), n, n), dtype=np.int64) for v in variants}
     attn_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
     attn_thr = []
     baseline = np.zeros((n, n), dtype=np.int64)  # everything predicted background
-    for image_id, item in tqdm(cams, total=len(cams), desc="eval seeds", mininterval=5):
-        rec = records.get(image_id)
-        if rec is None:
-            raise DataError(f"{inputs['cams']} has image {image_id!r}, absent from "
-                            f"{inputs['split']}")
-        gt = load_mask(rec.mask, item["size"], image_id)
+    for rec in tqdm(scored, desc="eval seeds", mininterval=5):
+        item = cams.get(rec.id)
+        gt = load_mask(rec.mask, item["size"], rec.id)
         baseline += confusion(gt, np.zeros_like(gt), n)
-        has_attn = "attn" in item
         t_img = attention_threshold(item["attn"], att["percentile"], att["grid"]) \
             if has_attn else None
         if has_attn:
@@ -92,22 +103,30 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     rows = []
     for v in variants:
         ious = np.stack([iou_from_confusion(c) for c in sweep[v]])
-        mious = np.nanmean(ious, axis=1)
-        best = int(np.nanargmax(mious))
-        rows.append(_row(v, "sweep", float(thresholds[best]), ious[best], classes, selected))
-        if attn_thr:
-            rows.append(_row(v, "attention", float(np.mean(attn_thr)),
-                             iou_from_confusion(attn_conf[v]), classes, selected))
+        if np.isfinite(ious).any():
+            mious = np.nanmean(ious, axis=1)  # the same classes are present at every t
+            best = int(np.nanargmax(mious))
+            rows.append(_row(v, "sweep", float(thresholds[best]), ious[best], classes, selected,
+                             len(scored)))
+        else:  # nothing scored: no best threshold
+            rows.append(_row(v, "sweep", float("nan"), ious[0], classes, selected, 0))
+        if has_attn:
+            rows.append(_row(v, "attention", float(np.mean(attn_thr)) if attn_thr
+                             else float("nan"), iou_from_confusion(attn_conf[v]), classes,
+                             selected, len(scored)))
     table = pd.DataFrame(rows)
     with atomic_path(outputs["metrics"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    log.info("seed mIoU:\n%s", table[["variant", "rule", "threshold", "miou"]].to_string())
+    log.info("seed mIoU on %d of %d image(s):\n%s", len(scored), len(cams.ids),
+             table[["variant", "rule", "threshold", "miou"]].to_string())
     log.info("all-background baseline mIoU: %.4f", mean_iou(baseline))
 
 
 def _row(variant: str, rule: str, threshold: float, iou: np.ndarray, classes: list[str],
-         selected: str) -> dict[str, Any]:
+         selected: str, images: int) -> dict[str, Any]:
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
     row: dict[str, Any] = {"variant": variant, "rule": rule, "threshold": threshold,
-                           "miou": float(np.nanmean(iou)), "selected": variant == selected}
+                           "miou": miou, "selected": variant == selected}
     row.update({f"iou_{c}": float(x) for c, x in zip(classes, iou)})
+    row["images"] = images
     return row

@@ -2,9 +2,10 @@
 
 params: {"classes": [...]}
 inputs: {"predictions": predictions/<split>.h5, "split": data/<split>.csv}
-outputs: {"metrics": metrics/segmentation.csv (rows ``variant (raw, crf), miou, iou_<class>...``;
-          ``crf`` only when the store holds it)}
-Images without a ground-truth mask are skipped (and logged); a split without any is an error.
+outputs: {"metrics": metrics/segmentation.csv (rows ``variant (raw, crf), miou, iou_<class>...,
+          images``; ``crf`` only when the store holds it; ``images``: how many were scored)}
+Images without a ground-truth mask are skipped and named in the log; a split without any still
+gets its rows, with NaN scores (:mod:`wsss.data.coverage`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from wsss.data.coverage import skipped_note, split_by_ground_truth
 from wsss.data.datasets import load_mask
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
@@ -42,27 +44,21 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if missing:
         raise DataError(f"{inputs['predictions']} has no prediction for image {missing[0]!r} of "
                         f"{inputs['split']} ({len(missing)} missing)")
-    no_gt = [r.id for r in records if r.mask is None]
-    scored = [r for r in records if r.mask is not None]
-    if not scored:
-        raise DataError(f"{inputs['split']}: no image has a ground-truth mask; predictions "
-                        "cannot be scored")
-    if no_gt:
-        log.info("skipping %d image(s) without a ground-truth mask: %s%s", len(no_gt),
-                 ", ".join(no_gt[:5]), ", ..." if len(no_gt) > 5 else "")
-    variants: tuple[str, ...] | None = None
-    conf: dict[str, np.ndarray] = {}
+    scored, skipped = split_by_ground_truth(records)
+    if skipped:
+        log.warning("%s", skipped_note(f"eval_segmentation ({inputs['split']})", skipped,
+                                       len(records)))
+    # the maps of the first image fix the variants; every scored image must have the same
+    variants = tuple(v for v in VARIANTS if v in preds.get(records[0].id))
+    if "raw" not in variants:
+        raise DataError(f"{inputs['predictions']} has no 'raw' map for {records[0].id!r}")
+    conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
     for rec in tqdm(scored, desc="eval segmentation", mininterval=5, dynamic_ncols=True):
         item = preds.get(rec.id)
         present = tuple(v for v in VARIANTS if v in item)
-        if variants is None:
-            if "raw" not in present:
-                raise DataError(f"{inputs['predictions']} has no 'raw' map for {rec.id!r}")
-            variants = present
-            conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
-        elif present != variants:
+        if present != variants:
             raise DataError(f"{inputs['predictions']}: image {rec.id!r} has maps {present}, "
-                            f"the first scored image {variants}")
+                            f"image {records[0].id!r} {variants}")
         gt = load_mask(rec.mask, item["size"], rec.id)
         for v in variants:
             conf[v] += confusion(gt, item[v], n)
@@ -70,6 +66,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     for v, matrix in conf.items():
         row: dict[str, Any] = {"variant": v, "miou": mean_iou(matrix)}
         row.update({f"iou_{c}": float(x) for c, x in zip(classes, iou_from_confusion(matrix))})
+        row["images"] = len(scored)
         rows.append(row)
     table = pd.DataFrame(rows)
     with atomic_path(outputs["metrics"]) as tmp:

@@ -5,8 +5,11 @@ inputs: {"seeds": seeds/<split>.h5, "cams": cams/<split>.h5 (for ``attn``),
          "split": data/<split>.csv}
 outputs: {"labels": ir_labels/<split>.h5 (per image ``keys``, uint8 ``label``: class index,
 0 background, 255 ignore, and float32 ``thresholds`` = (bg, fg)), "metrics": CSV ``id,
-bg_threshold, fg_threshold, confident_fraction, precision`` per image plus a ``__total__`` row
-that adds ``miou`` and ``iou_<class>`` (255 counted as background)}
+bg_threshold, fg_threshold, confident_fraction, precision, images`` per image plus a
+``__total__`` row that adds ``miou`` and ``iou_<class>`` (255 counted as background)}; ``images``
+is 1 for an image with a ground-truth mask (0 without: precision NaN, not scored) and the scored
+count on the ``__total__`` row (NaN scores when it is 0). Images without a mask are still
+labelled, and named in the log.
 
 Images are labelled in ``threads`` worker processes (forkserver, falling back to spawn) in chunks;
 results are written from the main process in split order, so the output equals a serial run.
@@ -30,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsss.data.classes import IGNORE_INDEX
+from wsss.data.coverage import skipped_note, split_by_ground_truth
 from wsss.data.datasets import load_rgb
 from wsss.data.table import Record, read_split_csv
 from wsss.errors import ConfigError, DataError
@@ -219,7 +223,8 @@ def _metrics_rows(results: list[ImageResult], classes: Sequence[str]) -> list[di
 
     rows = [{"id": r.id, "bg_threshold": r.bg, "fg_threshold": r.fg,
              "confident_fraction": r.confident / r.pixels if r.pixels else float("nan"),
-             "precision": precision(r.correct, r.scored, r.has_mask)} for r in results]
+             "precision": precision(r.correct, r.scored, r.has_mask),
+             "images": int(r.has_mask)} for r in results]
     pixels = sum(r.pixels for r in results)
     scored = sum(r.scored for r in results)
     rows.append({"id": "__total__",
@@ -228,7 +233,8 @@ def _metrics_rows(results: list[ImageResult], classes: Sequence[str]) -> list[di
                  "confident_fraction": sum(r.confident for r in results) / pixels
                  if pixels else float("nan"),
                  "precision": precision(sum(r.correct for r in results), scored,
-                                        any(r.has_mask for r in results))})
+                                        any(r.has_mask for r in results)),
+                 "images": sum(r.has_mask for r in results)})
     confs = [r.confusion for r in results if r.confusion is not None]
     total = np.sum(confs, axis=0) if confs else None
     rows[-1]["miou"] = mean_iou(total) if total is not None else float("nan")
@@ -256,6 +262,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         raise DataError(f"{inputs['seeds']} holds classes {labeller.seeds.classes}, the config "
                         f"has {classes}")
     tasks = _tasks(records, cfg, labeller.seeds, inputs["seeds"])
+    skipped = split_by_ground_truth(records)[1]
+    if skipped:
+        log.warning("%s", skipped_note(f"make_ir_labels metrics ({inputs['split']})", skipped,
+                                       len(records)))
     log.info("IR labels (%s thresholds) for %d images in %d process(es)", cfg.threshold,
              len(tasks), max(1, threads))
     meta = {"source_meta": labeller.seeds.meta, "ir_labels": params["ir_labels"]}

@@ -1,4 +1,5 @@
-"""Stage prepare_data: write ``data/train.csv`` and ``data/val.csv`` (+ the demo's images).
+"""Stage prepare_data: write ``data/train.csv``, ``data/val.csv`` (+ the demo's images) and the
+label statistics ``data/classes.csv``.
 
 ``params`` is the config's ``dataset`` section. Keys read:
   name: demo | voc12 | folder
@@ -8,9 +9,15 @@
   voc12: {train_split: train | train_aug, val_split: val | train, scored_train: train | all}
   folder: {images, masks (optional), train_labels, val_labels}  (paths, relative to root)
 
+outputs: {"train": data/train.csv, "val": data/val.csv, "classes": data/classes.csv (one row
+per foreground class: ``class, train_images, val_images, train_masks, val_masks, problem``, see
+:mod:`wsss.data.coverage`)}
+
 The demo's images go to ``<dir of train csv>/images/<split>/`` and its masks to
 ``<dir of train csv>/masks/<split>/``. The CSVs are written only after every image and mask has
-been opened and checked; on any error nothing new is left behind.
+been opened and checked; on any error nothing new is left behind. Ids must be plain names
+(:func:`wsss.data.table.check_id`). A class on every train image (no negative examples) or on
+none (no positive examples) is logged as a warning saying what it means for the result.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from wsss.data.coverage import class_table, class_warnings, format_ids, write_class_table
 from wsss.data.dataset_classes import classes_for
 from wsss.data.table import Record, records_from_rows, validate_records, write_split_csv
 from wsss.errors import ConfigError, DataError
@@ -32,6 +42,7 @@ from wsss.io.atomic import atomic_dir
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val")
+OUTPUTS: tuple[str, ...] = (*SPLITS, "classes")
 
 def _tqdm_wrap(desc: str) -> Any:
     """Return a progress wrapper ``(iterator, total) -> iterator`` drawing a tqdm bar."""
@@ -74,13 +85,25 @@ def _relative_rows(rows: Sequence[dict], data_dir: Path, csv_dir: Path) -> list[
     return out
 
 
-def _write_csvs(outputs: Mapping[str, Path], rows: Mapping[str, Sequence[dict]]) -> None:
-    """Write both split CSVs; if one fails, remove any written so far."""
+def _class_stats(records: Mapping[str, Sequence[Record]], classes: Sequence[str]) -> pd.DataFrame:
+    """The label statistics table; logs a warning per class without positive or negative
+    examples in the train split."""
+    table = class_table(records, classes)
+    for message in class_warnings(table):
+        log.warning("%s", message)
+    return table
+
+
+def _write_csvs(outputs: Mapping[str, Path], rows: Mapping[str, Sequence[dict]],
+                stats: pd.DataFrame) -> None:
+    """Write both split CSVs and the class table; if one fails, remove any written so far."""
     done: list[Path] = []
     try:
         for split in SPLITS:
             write_split_csv(outputs[split], rows[split])
             done.append(outputs[split])
+        write_class_table(outputs["classes"], stats)
+        done.append(outputs["classes"])
     except BaseException:
         for path in done:
             path.unlink(missing_ok=True)
@@ -96,6 +119,7 @@ def _prepare_demo(params: Mapping[str, Any], outputs: Mapping[str, Path],
     data_dir = outputs["train"].parent
     images, masks = data_dir / "images", data_dir / "masks"
     t0 = time.perf_counter()
+    records: dict[str, list[Record]] = {}
     with atomic_dir(images) as img_tmp, atomic_dir(masks) as mask_tmp:
         rows = generate_demo(
             data_dir, n_train=int(cfg["n_train"]), n_val=int(cfg["n_val"]), size=int(cfg["size"]),
@@ -108,12 +132,13 @@ def _prepare_demo(params: Mapping[str, Any], outputs: Mapping[str, Path],
             staged = [{**r, "image": img_tmp / Path(r["image"]).relative_to("images"),
                        "mask": mask_tmp / Path(r["mask"]).relative_to("masks")}
                       for r in rows[split]]
-            records = records_from_rows(staged, classes, data_dir, f"demo {split}")
-            validate_records(records, classes, threads=threads, progress=True)
-            _summary(split, records, classes)
+            records[split] = records_from_rows(staged, classes, data_dir, f"demo {split}")
+            validate_records(records[split], classes, threads=threads, progress=True)
+            _summary(split, records[split], classes)
+        stats = _class_stats(records, classes)
     try:
         _write_csvs(outputs, {s: _relative_rows(rows[s], data_dir, outputs[s].parent.resolve())
-                              for s in SPLITS})
+                              for s in SPLITS}, stats)
     except BaseException:
         shutil.rmtree(images, ignore_errors=True)
         shutil.rmtree(masks, ignore_errors=True)
@@ -150,10 +175,14 @@ def _dataset_rows(params: Mapping[str, Any], classes: Sequence[str], threads: in
             raise ConfigError(f"config key dataset.folder.{key}: required for folder data sets")
         rows[split] = folder_records(root / cfg["images"], root / cfg[key], classes, masks)
         if masks is not None:
-            missing = sum(not r["mask"] for r in rows[split])
+            missing = [r["id"] for r in rows[split] if not r["mask"]]
             if missing:
-                log.warning("%s: %d of %d images have no mask in %s (not evaluated)", split,
-                            missing, len(rows[split]), masks)
+                log.warning("%s: %d of %d images have no mask in %s (trained on, not scored): "
+                            "%s", split, len(missing), len(rows[split]), masks,
+                            format_ids(missing))
+    if masks is None:
+        log.warning("dataset.folder.masks is not set: no image has ground truth, so the "
+                    "scoring stages write NaN mIoU and the report says nothing could be scored")
     return rows
 
 
@@ -161,17 +190,19 @@ def run(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[s
         threads: int = 1) -> None:
     """Build, validate and write the train/val split CSVs for the configured data set."""
     del inputs  # prepare_data has no upstream artifacts
-    out = {split: Path(outputs[split]).resolve() for split in SPLITS}
+    out = {key: Path(outputs[key]).resolve() for key in OUTPUTS}
     classes = classes_for(params)
     threads = max(1, int(threads))
     if params.get("name", "demo") == "demo":
         _prepare_demo(params, out, classes, threads)
         return
     rows = _dataset_rows(params, classes, threads)
+    records: dict[str, list[Record]] = {}
     for split in SPLITS:
-        records = records_from_rows(rows[split], classes, Path("/"), f"{params['name']} {split}")
-        if not records:
+        records[split] = records_from_rows(rows[split], classes, Path("/"),
+                                           f"{params['name']} {split}")
+        if not records[split]:
             raise DataError(f"{params['name']} {split}: empty split")
-        validate_records(records, classes, threads=threads, progress=True)
-        _summary(split, records, classes)
-    _write_csvs(out, rows)
+        validate_records(records[split], classes, threads=threads, progress=True)
+        _summary(split, records[split], classes)
+    _write_csvs(out, rows, _class_stats(records, classes))

@@ -4,11 +4,15 @@ params: {"report": {"overlay_images": N (first N ids of the split, default 6) | 
          "predict": {"scales": [...], "flip": bool}, "classes": [...], "device": str}
 inputs: {"seeds_metrics": metrics/seeds.csv, "ir_metrics": metrics/ir_labels_train.csv,
          "masks_metrics": metrics/masks.csv, "seg_metrics": metrics/segmentation.csv,
-         "split": data/train.csv, "seeds": seeds/train.h5, "ir_labels": ir_labels/train.h5,
-         "masks": masks/train.h5, "model": segmentation/model.pt}
+         "split": data/train.csv, "seg_split": data/<predict.split>.csv (the split the segmenter
+         is scored on), "classes": data/classes.csv, "seeds": seeds/train.h5,
+         "ir_labels": ir_labels/train.h5, "masks": masks/train.h5, "model": segmentation/model.pt}
 outputs: {"summary": report/summary.csv (``stage, variant, miou, iou_<class>...``; stages in
           order seeds, ir_labels, masks, segmentation), "stages_plot": report/miou_stages.png,
-          "classes_plot": report/iou_classes.png, "overlays": report/overlays/ (<id>.png each)}
+          "classes_plot": report/iou_classes.png, "overlays": report/overlays/ (<id>.png each),
+          "warnings": report/warnings.txt (one line per warning, :mod:`wsss.report.warnings`:
+          classes without positive or negative train images, images without ground truth,
+          stages where nothing could be scored; ``no warnings`` when there are none)}
 Everything is checked (metrics columns, overlay ids, store classes) before anything is written.
 """
 
@@ -18,12 +22,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from wsss.data.coverage import read_class_table
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_dir, atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.report.overlays import choose_records, segmenter_predictor, write_sheets
 from wsss.report.plots import load_summary, plot_classes, plot_stages
+from wsss.report.warnings import report_warnings, write_warnings
 
 log = logging.getLogger(__name__)
 DEFAULT_OVERLAYS = 6
@@ -41,9 +47,11 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             raise DataError(f"{inputs[name]} holds classes {store.classes}, the config has "
                             f"{classes}")
     ir_variant = str(stores["ir_labels"].meta.get("ir_labels", {}).get("threshold", "total"))
-    summary = load_summary(inputs, ir_variant, classes,
-                           params.get("predict", {}).get("split", "val"))
+    seg_split = params.get("predict", {}).get("split", "val")
+    summary = load_summary(inputs, ir_variant, classes, seg_split)
     records = read_split_csv(Path(inputs["split"]), classes)
+    warnings = report_warnings(read_class_table(inputs["classes"]), records, seg_split,
+                               read_split_csv(Path(inputs["seg_split"]), classes), summary)
     chosen = choose_records(records, params.get("report", {}).get("overlay_images",
                                                                   DEFAULT_OVERLAYS),
                             inputs["split"])
@@ -57,6 +65,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         summary.to_csv(tmp, index=False, float_format="%.4f")
     plot_stages(summary, outputs["stages_plot"])
     plot_classes(summary, classes, outputs["classes_plot"])
+    write_warnings(outputs["warnings"], warnings)
+    for line in warnings:
+        log.warning("%s", line)
     log.info("summary:\n%s", summary[["stage", "variant", "miou"]].to_string(index=False))
-    log.info("wrote %s, %s, %s and %d overlay sheet(s) in %s", outputs["summary"],
-             outputs["stages_plot"], outputs["classes_plot"], len(chosen), outputs["overlays"])
+    log.info("wrote %s, %s, %s, %s (%d warning(s)) and %d overlay sheet(s) in %s",
+             outputs["summary"], outputs["stages_plot"], outputs["classes_plot"],
+             outputs["warnings"], len(warnings), len(chosen), outputs["overlays"])

@@ -1,8 +1,14 @@
 """Stage train_classifier: train the CAM classifier (IRN ``cam`` or CoBra ``cobra``), resumable.
 
 params: {"classifier": <config section>, "classes": [...], "device": str, "seed": int}
-inputs: {"train": data/train.csv};  outputs: {"model": model.pt, "metrics": metrics.csv}
+inputs: {"train": data/train.csv};  outputs: {"model": model.pt, "metrics": metrics.csv (per
+epoch: steps, lr, the loss terms, held-out mAP/accuracy, and ``pos_<class>``: positive images
+of each class in the epoch's training batches)}
 Resume state lives in ``<model dir>/_state/`` (not a Snakemake output, so it survives a kill).
+
+A class without positive, or without negative, images among the training images (after the
+hold-out split) is a warning, not an error: the other classes still train (prepare_data has
+already warned; see ``docs/data.md``). So is an epoch whose batches held no positive of a class.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from wsss.data.coverage import class_message, class_problem
 from wsss.data.datasets import ClassificationCrops, WholeImages
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
@@ -28,6 +35,7 @@ from wsss.hashing import config_hash
 from wsss.io.atomic import atomic_path
 from wsss.losses import cobra as L
 from wsss.models.classifier import build_classifier, input_normalization
+from wsss.train.counts import absent, add_counts, class_positives, count_columns
 from wsss.train.utils import (
     EpochSampler,
     autocast,
@@ -192,6 +200,13 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if len(train_recs) < cfg["batch_size"]:
         raise DataError(f"{inputs['train']}: {len(train_recs)} training images is fewer than "
                         f"classifier.batch_size = {cfg['batch_size']}")
+    names = list(classes[1:])
+    for c, name in enumerate(names, start=1):
+        positives = sum(c in r.labels for r in train_recs)
+        problem = class_problem(positives, len(train_recs))
+        if problem:
+            log.warning("classifier training images (%d after the hold-out): %s",
+                        len(train_recs), class_message(name, problem, positives))
     model = build_classifier(cfg, n_classes).to(device)
     mean, std = input_normalization(model)
     train_ds = ClassificationCrops(train_recs, n_classes, cfg["crop"], tuple(cfg["resize_long"]),
@@ -261,18 +276,25 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             step_in_epoch += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            add_counts(sums, "pos_", names, class_positives(lab))
             bar.set_postfix(loss=f"{sums['loss'] / step_in_epoch:.3f}", refresh=False)
             if cfg["save_every_steps"] and step_in_epoch % cfg["save_every_steps"] == 0:
                 checkpoint(epoch, step_in_epoch, sums)
         row = {"epoch": epoch + 1, "steps": step_in_epoch, "lr": opt.lr(),
                "aux_losses": int(epoch >= warmup)}
         row.update({k: sums.get(k, math.nan) / max(step_in_epoch, 1) for k in LOSS_TERMS})
+        row.update(count_columns(sums, "pos_", names))
         row.update(evaluate_holdout(model, held_loader, device))
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1,
                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in row.items()))
+        none = absent(row, "pos_", names)
+        if none:
+            log.warning("classifier epoch %d: no positive image of %s in its %d batches: those "
+                        "classes only learnt to score low", epoch + 1,
+                        ", ".join(repr(n) for n in none), step_in_epoch)
         epoch, step_in_epoch = epoch + 1, 0
         checkpoint(epoch, 0, {})
 

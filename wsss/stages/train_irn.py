@@ -2,10 +2,19 @@
 
 params: {"irn": <config section>, "classes": [...], "device": str, "seed": int}
 inputs: {"labels": ir_labels/<split>.h5, "split": data/<split>.csv}
-outputs: {"model": irn/model.pt, "metrics": irn/metrics.csv}; resume state in ``irn/_state/``.
+outputs: {"model": irn/model.pt, "metrics": irn/metrics.csv (per epoch the mean loss terms
+``bg_pos, fg_pos, pos, neg, total`` and the pair counts ``pairs_bg_pos, pairs_fg_pos, pairs_neg``
+summed over the epoch)}; resume state in ``irn/_state/``.
 Pairs within ``radius`` (stride-4 pixels) of the labels: both background -> bg positive, same
 class -> fg positive, different -> negative, any 255 -> unused; affinity = 1 - max edge on the
 path between them (REFERENCE.md section 4).
+
+Nothing to learn stops the stage before training: IR labels without any foreground pixel or
+without any background pixel (in every image) give no negative pairs, so the edge network would
+learn "no edges" and the random walk spread every seed over its image; the DataError names the
+store, its threshold rule and the ir_labels setting to change. IR labels where fg and bg exist
+but never in the same image (each image one label throughout) are a warning, as is an epoch
+without pairs of some kind.
 """
 
 from __future__ import annotations
@@ -28,8 +37,17 @@ from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.models.irn import EdgeNet
 from wsss.models.weights import input_stats
-from wsss.refine.paths import affinity_loss, pair_affinity, pair_labels
+from wsss.refine.ir_labels import MODES, threshold_advice
+from wsss.refine.paths import (
+    PAIR_KINDS,
+    PAIR_ROLES,
+    affinity_loss,
+    pair_affinity,
+    pair_counts,
+    pair_labels,
+)
 from wsss.segment.data import SegmentationCrops
+from wsss.train.counts import absent, add_counts, count_columns, label_sets
 from wsss.train.utils import (
     EpochSampler,
     autocast,
@@ -61,10 +79,41 @@ class IRCrops(SegmentationCrops):
 
 
 def irn_loss(edge_logits: torch.Tensor, labels: torch.Tensor, radius: int
-             ) -> dict[str, torch.Tensor]:
-    """IRN's affinity loss of stride-4 edge logits against stride-4 IR labels."""
+             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """IRN's affinity loss of stride-4 edge logits against stride-4 IR labels, and the pair
+    counts it learnt from (:func:`wsss.refine.paths.pair_counts`)."""
     aff = pair_affinity(torch.sigmoid(edge_logits.float()), radius)
-    return affinity_loss(aff, pair_labels(labels, radius))
+    masks = pair_labels(labels, radius)
+    return affinity_loss(aff, masks), pair_counts(masks)
+
+
+def check_ir_labels(labels: H5Reader, ids: list[str]) -> None:
+    """Raise a DataError when the IR labels of ``ids`` hold no foreground or no background pixel
+    at all, and warn when no image holds two different confident labels (IRN then has no
+    negative pair to learn boundaries from). Reads images until it has seen enough."""
+    found: set[int] = set()
+    mixed = False  # an image with two different confident labels: negative pairs possible
+    for _, values in label_sets(labels, ids, "label"):
+        found |= values
+        mixed = mixed or len(values) >= 2
+        if mixed and 0 in found and any(v > 0 for v in found):
+            return
+    mode = str(labels.meta.get("ir_labels", {}).get("threshold", "unknown"))
+    missing = [kind for kind, ok in (("foreground", any(v > 0 for v in found)),
+                                     ("background", 0 in found)) if not ok]
+    consequence = ("so IRN has no negative pairs: its edge map would learn 'no edges' and the "
+                   "random walk would spread every seed over the whole image")
+    if missing:
+        advice = "; ".join(threshold_advice(mode, m) if mode in MODES
+                           else "check config section ir_labels" for m in missing)
+        raise DataError(
+            f"{labels.path}: the IR labels of all {len(ids)} images hold no confident "
+            f"{' or '.join(missing)} pixel (ir_labels.threshold {mode!r}), {consequence}. "
+            f"Nothing to train on; {advice} (metrics/ir_labels_train.csv shows the thresholds).")
+    log.warning("%s: no image's IR label holds two different confident labels (each is one "
+                "class or background throughout; ir_labels.threshold %r), %s; the seeds are "
+                "degenerate: see data/classes.csv and metrics/seeds.csv", labels.path, mode,
+                consequence)
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
@@ -83,6 +132,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if len(records) < cfg["batch_size"]:
         raise DataError(f"{inputs['split']}: {len(records)} images is fewer than "
                         f"irn.batch_size = {cfg['batch_size']}")
+    check_ir_labels(labels, [r.id for r in records])
     bb = cfg["backbone"]
     model = EdgeNet(bb["name"], bb.get("pretrained", "none"), bb.get("kwargs")).to(device)
     mean, std = input_stats(model.backbone)
@@ -113,23 +163,29 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                             num_workers=cfg["num_workers"])
         model.train()
         sums: dict[str, float] = {}
+        pairs: dict[str, float] = {}
         for img, lab in tqdm(loader, desc=f"irn epoch {epoch + 1}/{cfg['epochs']}",
                              mininterval=5, dynamic_ncols=True):
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg["lr"], global_step, total)
             with autocast(device, True):
                 logits = model(img.to(device))
-            terms = irn_loss(logits, lab.to(device), cfg["radius"])
+            terms, counts = irn_loss(logits, lab.to(device), cfg["radius"])
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
             global_step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            add_counts(pairs, "pairs_", PAIR_KINDS, counts)
         row = {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()},
+               **count_columns(pairs, "pairs_", PAIR_KINDS),
                "seconds": round(time.time() - t0, 1)}
         rows.append(row)
         log.info("epoch %d: %s", epoch + 1, row)
+        for kind in absent(row, "pairs_", PAIR_KINDS):
+            log.warning("irn epoch %d: no %s pair in any crop (pairs_%s 0): %s", epoch + 1,
+                        kind, kind, PAIR_ROLES[kind])
         epoch += 1
         save_state(state_path, {"fingerprint": fingerprint, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "epoch": epoch, "rows": rows,

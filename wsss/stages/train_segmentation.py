@@ -3,12 +3,17 @@
 params: {"segmentation": <config section>, "classes": [...], "device": str, "seed": int}
 inputs: {"masks": masks/train.h5, "split": data/train.csv}
 outputs: {"model": segmentation/model.pt, "metrics": segmentation/metrics.csv (``epoch, steps,
-          loss, pixel_acc, lr, seconds``: pixel accuracy of the training batches against their
-          pseudo masks)}; resume state ``segmentation/_state/last.pt`` at every epoch end and
+          loss, pixel_acc, lr, pixels_<class>..., seconds``: pixel accuracy of the training
+          batches against their pseudo masks, labelled (non-255) pixels of each class in the
+          epoch's crops)}; resume state ``segmentation/_state/last.pt`` at every epoch end and
 every ``save_every_steps`` steps, valid while the settings fingerprint (the section without
 ``num_workers`` / ``save_every_steps``, classes, seed, image ids, mask-store meta) is unchanged.
 Fully fine-tuned (BatchNorm trains; with batch_size 1 its running statistics stay frozen), SGD or
 AdamW with the heads at ``lr * head_lr_mult``, poly 0.9 per step, AMP on CUDA.
+
+Pseudo masks without any labelled pixel (all 255) stop the stage before training (the loss
+would be zero: nothing to learn); masks that hold one class only, or an epoch whose crops miss
+a class, are logged as warnings.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from wsss.models.segmentation import (
 )
 from wsss.models.weights import input_stats
 from wsss.segment.data import SegmentationCrops, check_masks
+from wsss.train.counts import absent, add_counts, count_columns, labels_present, pixel_counts
 from wsss.train.loop import Progress, ResumableRun, freeze_bn_stats
 from wsss.train.utils import (
     EpochSampler,
@@ -85,6 +91,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         raise DataError(f"{inputs['split']}: {len(records)} images is fewer than "
                         f"segmentation.batch_size = {batch}")
     check_masks(records, masks, cfg["mask"])
+    check_learnable(masks, [r.id for r in records], cfg["mask"], classes)
 
     net = build_segmenter(cfg, len(classes)).to(device)
     frozen = freeze_prefixes(net.backbone, cfg["freeze_prefixes"],
@@ -115,7 +122,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
              batch, device)
     while progress.epoch < cfg["epochs"]:
         train_epoch(model, ds, opt, scaler, progress, resumable, cfg, seed, total, device,
-                    frozen)
+                    frozen, classes)
     save_segmenter(outputs["model"], net,
                    {**segmenter_meta(net, cfg, classes), "config_hash": fingerprint})
     with atomic_path(outputs["metrics"]) as tmp:
@@ -123,12 +130,30 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     log.info("wrote %s and %s", outputs["model"], outputs["metrics"])
 
 
+def check_learnable(masks: H5Reader, ids: list[str], key: str, classes: list[str]) -> None:
+    """Stop (DataError) when map ``key`` of the pseudo masks of ``ids`` has no labelled pixel at
+    all; warn when it holds a single class (the segmenter then predicts only that class)."""
+    found = labels_present(masks, ids, key, enough=lambda f: len(f) >= 2)
+    if not found:
+        raise DataError(f"{masks.path}: the pseudo masks ({key!r}, config key "
+                        f"segmentation.mask) of all {len(ids)} training images are ignore "
+                        f"(255) everywhere: the segmenter has no labelled pixel to learn from; "
+                        f"check metrics/masks.csv and the masks settings")
+    if len(found) == 1:
+        (only,) = found
+        name = classes[only] if only < len(classes) else str(only)
+        log.warning("%s: every labelled pixel of the pseudo masks (%r) of the %d training images "
+                    "is %r: the segmenter can only learn to predict %r everywhere", masks.path,
+                    key, len(ids), name, name)
+
+
 def train_epoch(model: nn.Module, ds: SegmentationCrops, opt: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, progress: Progress, resumable: ResumableRun,
                 cfg: dict[str, Any], seed: int, total: int, device: torch.device,
-                frozen: list[nn.Module] = ()) -> None:
+                frozen: list[nn.Module] = (), classes: list[str] | None = None) -> None:
     """Run (the rest of) epoch ``progress.epoch``, saving state as configured; ``frozen``
-    modules keep their BatchNorm statistics."""
+    modules keep their BatchNorm statistics. With ``classes`` the row counts the labelled
+    pixels of each class (``pixels_<class>``) and warns about classes absent from the epoch."""
     t0 = time.time()
     batch, epoch = cfg["batch_size"], progress.epoch
     steps = len(ds) // batch
@@ -168,6 +193,8 @@ def train_epoch(model: nn.Module, ds: SegmentationCrops, opt: torch.optim.Optimi
         for k, v in (("loss", float(loss.detach())), ("correct", float(correct)),
                      ("valid", float(valid.sum()))):
             sums[k] = sums.get(k, 0.0) + v
+        if classes:
+            add_counts(sums, "pixels_", classes, pixel_counts(target, len(classes)))
         progress.step += 1
         progress.global_step += 1
         bar.set_postfix(loss=f"{sums['loss'] / progress.step:.3f}", refresh=False)
@@ -180,8 +207,14 @@ def train_epoch(model: nn.Module, ds: SegmentationCrops, opt: torch.optim.Optimi
     row = {"epoch": epoch + 1, "steps": progress.step, "loss": sums.get("loss", math.nan) / done,
            "pixel_acc": sums.get("correct", 0.0) / max(sums.get("valid", 0.0), 1.0),
            "lr": opt.param_groups[0]["lr"],
+           **(count_columns(sums, "pixels_", classes) if classes else {}),
            "seconds": round(sums.get("seconds", 0.0) + time.time() - t0, 1)}
     log.info("epoch %d: %s", epoch + 1, ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    none = absent(row, "pixels_", classes) if classes else []
+    if none:
+        log.warning("segmentation epoch %d: no labelled pixel of %s in its crops: nothing "
+                    "taught the segmenter to predict %s", epoch + 1, ", ".join(map(repr, none)),
+                    "them" if len(none) > 1 else "it")
     progress.end_epoch(row)
     resumable.save(progress)
