@@ -18,7 +18,6 @@ from wsss.io.h5store import H5Reader, H5Writer
 from wsss.metrics import confusion
 from wsss.stages.eval_seeds import sweep_confusions
 
-
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
 
