@@ -224,3 +224,24 @@ def test_capped_size_and_resizes():
     big = resize_labels(labels, (4, 6))
     assert big.tolist() == [[1, 1, 1, 2, 2, 2]] * 2 + [[3, 3, 3, 4, 4, 4]] * 2
     assert resize_labels(labels, (2, 2)) is labels
+
+
+def test_validation_uses_displayed_sizes(tmp_path):
+    """prepare_data's check: a mask drawn on the displayed photo passes, one with the stored
+    (rotated) size is refused with the orientation named; the displayed sizes come back."""
+    from wsss.data.table import Record, validate_records
+
+    classes = ["background", "cat"]
+    photo = tmp_path / "phone.jpg"
+    write_rotated_jpeg(photo, _displayed(), 6)
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.zeros((40, 64), np.uint8)).save(good)  # displayed: 64 wide, 40 tall
+    Image.fromarray(np.zeros((64, 40), np.uint8)).save(bad)  # as stored
+    rec = Record("p", photo, good, (1,))
+    assert validate_records([rec], classes) == [(40, 64)]
+    with pytest.raises(DataError, match=r"mask size 40x64 differs from image size 64x40 as "
+                                        r"displayed \(EXIF orientation 6 applied\)"):
+        validate_records([Record("p", photo, bad, (1,))], classes)
+    nan = _save(Image.fromarray(np.array([[np.nan]], np.float32)), tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=r"nan\.tif .*non-finite.*\(id n\)"):
+        validate_records([Record("n", nan, None, (1,))], classes)

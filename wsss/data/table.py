@@ -130,8 +130,6 @@ def _check_one(rec: Record, n_classes: int, check_masks: bool
     try:
         with Image.open(rec.image) as im:
             im.verify()
-        with Image.open(rec.image) as im:
-            turn = orientation(im)
         h, w = read_rgb(rec.image).shape[:2]
     except DataError as exc:
         if exc.__cause__ is None:  # readable but refused (unsupported mode, NaN pixels)
@@ -155,6 +153,8 @@ def _check_one(rec: Record, n_classes: int, check_masks: bool
     except READ_ERRORS as exc:
         return f"corrupt mask: {rec.mask} (id {rec.id}): {exc}", (h, w)
     if msize != size:
+        with Image.open(rec.image) as im:
+            turn = orientation(im)
         shown = f" as displayed (EXIF orientation {turn} applied)" if turn != 1 else ""
         return (f"mask size {msize[0]}x{msize[1]} differs from image size {size[0]}x{size[1]}"
                 f"{shown}: {rec.mask} (id {rec.id})"), (h, w)
