@@ -225,7 +225,8 @@ def case_exif_rotated_jpeg_with_displayed_mask(tmp_path: Path) -> Expect:
 def case_image_beyond_max_side(tmp_path: Path) -> Expect:
     """An image whose long side exceeds dataset.max_side is named (id, file, size) by
     prepare_data; extract_cams runs the network on it capped at max_side and stores its
-    full-size CAMs at the image's own size, the strided maps on the capped image's grid."""
+    full-size CAMs at the image's own size, the strided maps on the capped image's grid;
+    make_pseudo_masks walks on that grid and stores the masks at the image's own size."""
     ds = folder_dataset(tmp_path / "ds")
     (ds["images"] / "train_001.png").unlink()
     write_image(ds["images"] / "train_001.png", h=96, w=200, seed=1)
@@ -238,7 +239,7 @@ def case_image_beyond_max_side(tmp_path: Path) -> Expect:
     overlay = yaml.safe_load(cfg.read_text())
     overlay["dataset"]["max_side"] = 64
     cfg.write_text(yaml.safe_dump(overlay))
-    proc = snakemake(cfg, "--until", "extract_cams")
+    proc = snakemake(cfg, "--until", "make_pseudo_masks")
 
     def check() -> None:
         from wsss.io.h5store import H5Reader
@@ -253,6 +254,11 @@ def case_image_beyond_max_side(tmp_path: Path) -> Expect:
         small = store.get("train_002", ["cnn"])
         assert small["cnn"].shape == (1, 48, 64) and store.infer_size("train_002") == (48, 64)
         assert store.meta["max_side"] == 64
+        masks = H5Reader(results / "case/masks/train.h5", kind="masks")
+        for key in ("mask", "mask_crf"):  # walked on the capped grid, back at 96x200
+            assert masks.get("train_001", [key])[key].shape == (96, 200)
+        with Image.open(results / "case/masks/train/train_001.png") as png:
+            assert png.size == (200, 96)
 
     return Expect(proc, rc=0, message=r"1 of 12 image\(s\) have a long side above "
                   r"dataset\.max_side = 64.*train_001 \S*train_001\.png \(200x96\)",

@@ -80,7 +80,7 @@ def test_cls_attention_row_equals_the_full_matrix_path():
     assert torch.allclose(cls["cam"], full["cam"], atol=1e-4)
     assert torch.allclose(model.vit.semantic_agnostic(cls["attn_cls"], (5, 6)),
                           old[:, 0, 1:].reshape(2, 5, 6), atol=1e-5)
-    assert not any(b.attn.fused_attn is False for b in model.vit.vit.blocks)  # cls: fused
+    assert all(b.attn.fused_attn for b in model.vit.vit.blocks)  # cls: timm's fused path
     with pytest.raises(ValueError, match="attention"):
         model.vit(x, attention="rows")
 
