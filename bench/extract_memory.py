@@ -14,7 +14,9 @@ as such (with the peak reached before it was stopped), never left to swap the ma
         [--max-side none 1024] [--repo PATH] [--threads 2] [--limit-gb 16] [--timeout 900]
 
 ``--repo`` runs another checkout's code (e.g. ``git archive <commit> | tar -x -C /tmp/before``)
-for a before/after comparison; the model file is the same for both (same architecture).
+for a before/after comparison; the model file is the same for both (same architecture). Code
+from before ``dataset.max_side`` ignores the cap (its params key), so measure it with
+``--max-side none``.
 """
 
 from __future__ import annotations
@@ -169,6 +171,17 @@ def main() -> None:
                       f"{res['peak_mb']:8.0f} MB  (+{grow:7.0f} MB over 64x64 = "
                       f"{row['mb_per_mp']:6.0f} MB/MP)  {res['seconds']:6.1f} s  {status}",
                       flush=True)
+    # side by side: one line per image size, one column per cap
+    print(f"\n{'image':>10} {'MP':>6}" + "".join(f" | max_side {str(c):>5}: peak MB (MB/MP)"
+                                                for c in caps))
+    for size in args.sizes:
+        cells = []
+        for cap in caps:
+            row = next(r for r in rows if r["size"] == size and r["max_side"] == cap)
+            flag = "" if row["rc"] == 0 else (" TIMEOUT" if row["timed_out"] else " FAILED")
+            cells.append(f" | {row['peak_mb']:>9.0f} ({row['mb_per_mp']:>5.0f}){flag:<15}")
+        mp = next(r for r in rows if r["size"] == size)["megapixels"]
+        print(f"{size:>10} {mp:>6.2f}" + "".join(cells))
     print(f"code: {repo}; scales {cfg['cams']['scales']}, flip {cfg['cams']['flip']}, batch "
           f"{cfg['cams']['batch_size']}, {args.threads} threads, limit {args.limit_gb} GB "
           f"address space; baseline (64x64) peak {base}")

