@@ -26,7 +26,11 @@ import wsss  # noqa: E402,F401
 from wsss.cams.multiscale import multiscale_maps  # noqa: E402
 from wsss.config import load_config  # noqa: E402
 from wsss.data.dataset_classes import classes_for  # noqa: E402
-from wsss.models.classifier import CoBraNet, build_classifier  # noqa: E402
+from wsss.models.classifier import (  # noqa: E402
+    CoBraNet,
+    build_classifier,
+    input_normalization,
+)
 
 
 def two_forward_cams(model: CoBraNet):  # noqa: ANN201
@@ -71,21 +75,27 @@ def main() -> None:
         model.load_state_dict(torch.load(weights, map_location="cpu",
                                          weights_only=True)["state_dict"])
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(args.batch, 3, *args.size, generator=g)
+    batches = [torch.randint(0, 256, (args.batch, 3, *args.size), generator=g,
+                             dtype=torch.uint8)
                for _ in range(max(1, args.images // args.batch))]
     one, two = model.cams, two_forward_cams(model)
+    mean, std = input_normalization(model)
+
+    def maps(fn, x):  # noqa: ANN001, ANN202
+        return multiscale_maps(fn, x, scales, mean=mean, std=std)
+
     with torch.inference_mode():
-        a = multiscale_maps(one, batches[0], scales)
-        b = multiscale_maps(two, batches[0], scales)
+        a = maps(one, batches[0])
+        b = maps(two, batches[0])
         diff = max((a[r][k] - b[r][k]).abs().max().item() for r in a for k in a[r])
         t_one, t_two, t_cnn, t_vit = [], [], [], []
         for _ in range(args.repeats):
-            t_one.append(sum(timed(multiscale_maps, one, x, scales) for x in batches))
-            t_two.append(sum(timed(multiscale_maps, two, x, scales) for x in batches))
-            t_cnn.append(sum(timed(multiscale_maps, lambda z: {"c": model.cnn(z)["cam"]}, x,
-                                   scales) for x in batches))
-            t_vit.append(sum(timed(multiscale_maps, lambda z: {"v": model.vit(z)["cam"]}, x,
-                                   scales) for x in batches))
+            t_one.append(sum(timed(maps, one, x) for x in batches))
+            t_two.append(sum(timed(maps, two, x) for x in batches))
+            t_cnn.append(sum(timed(maps, lambda z: {"c": model.cnn(z)["cam"]}, x)
+                             for x in batches))
+            t_vit.append(sum(timed(maps, lambda z: {"v": model.vit(z, "cls")["cam"]}, x)
+                             for x in batches))
     n = len(batches) * args.batch
     one_s, two_s = statistics.median(t_one), statistics.median(t_two)
     c, v = statistics.median(t_cnn), statistics.median(t_vit)

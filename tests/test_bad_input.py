@@ -161,10 +161,9 @@ def case_path_separator_in_id(tmp_path: Path) -> Expect:
 
 def tiny_config() -> dict:
     """The validated config Snakemake sees for the tiny preset (defaults filled in)."""
-    from wsss.config import load_config
+    from wsss.config import load_workflow_config
 
-    return load_config(ROOT / "config.yaml",
-                       yaml.safe_load((ROOT / "workflow/presets/tiny.yaml").read_text()))
+    return load_workflow_config([ROOT / "workflow/presets/tiny.yaml"])
 
 
 def dataset_params(ds: dict[str, Path], masks: bool = True) -> dict:
@@ -383,6 +382,117 @@ def case_pseudo_masks_all_ignore(tmp_path: Path) -> Expect:
                   message=rf"masks/train\.h5: the pseudo masks \('{key}', config key "
                           r"segmentation\.mask\) of all 12 training images are ignore",
                   absent=[out["model"], out["metrics"], tmp_path / "segmentation/_state"])
+
+
+# ---------------------------------------------------------------- images (issue 8: bit depth,
+# EXIF orientation, images beyond dataset.max_side)
+
+
+def _cam_input(results: Path, ident: str, max_side: int | None = 1024) -> np.ndarray:
+    """The (H, W, 3) uint8 pixels extract_cams feeds the network for one image of the prepared
+    train split (its dataset, before normalisation)."""
+    from wsss.data.datasets import InferenceImages
+    from wsss.data.table import read_split_csv
+
+    records = read_split_csv(results / "case/data/train.csv", CLASSES)
+    i = [r.id for r in records].index(ident)
+    x, _, _, _ = InferenceImages(records, len(CLASSES) - 1, max_side)[i]
+    return x.permute(1, 2, 0).numpy()
+
+
+@case
+def case_sixteen_bit_greyscale_image(tmp_path: Path) -> Expect:
+    """A 16-bit greyscale PNG (PIL mode I;16, 0..65535) is accepted and read by its real range
+    (v * 255 / 65535), not as all 255: the CAM input of that image is the scaled gradient."""
+    ds = folder_dataset(tmp_path / "ds")
+    grad = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    (ds["images"] / "train_000.png").unlink()
+    Image.fromarray(grad).save(ds["images"] / "train_000.png")
+    results = tmp_path / "results"
+    proc = snakemake(folder_config(ds, results), "--until", "prepare_data")
+
+    def check() -> None:
+        with Image.open(ds["images"] / "train_000.png") as im:
+            assert im.mode == "I;16"
+        x = _cam_input(results, "train_000")
+        expected = np.rint(grad.astype(np.float64) * 255 / 65535).astype(np.uint8)
+        assert x.shape == (48, 64, 3) and (x == expected[:, :, None]).all()
+        assert x.min() == 0 and x.max() == 255 and (x == 255).mean() < 0.01
+
+    return Expect(proc, rc=0, present=[results / "case/data/train.csv"], check=check)
+
+
+@case
+def case_exif_rotated_jpeg_with_displayed_mask(tmp_path: Path) -> Expect:
+    """A phone JPEG whose pixels are stored rotated (EXIF orientation 6) with a mask drawn on
+    the displayed image is accepted (the sizes match after transposition), and the pixels read
+    are the displayed ones: red top half, blue bottom half, where the mask's cat is."""
+    ds = folder_dataset(tmp_path / "ds")
+    shown = np.zeros((48, 64, 3), np.uint8)
+    shown[:24] = [255, 0, 0]
+    shown[24:] = [0, 0, 255]
+    (ds["images"] / "train_000.png").unlink()
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # 48 wide, 64 tall
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    stored.save(ds["images"] / "train_000.jpg", exif=exif.tobytes(), quality=95)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[:24] = CLASSES.index("cat")  # drawn on the displayed image: the red half
+    write_mask(ds["masks"] / "train_000.png", mask)
+    results = tmp_path / "results"
+    proc = snakemake(folder_config(ds, results), "--until", "prepare_data")
+
+    def check() -> None:
+        x = _cam_input(results, "train_000").astype(int)
+        assert x.shape == (48, 64, 3)
+        assert np.abs(x[4:20] - [255, 0, 0]).max() <= 8  # the cat half is red
+        assert np.abs(x[28:44] - [0, 0, 255]).max() <= 8
+
+    return Expect(proc, rc=0, present=[results / "case/data/train.csv"], check=check)
+
+
+@case
+def case_image_beyond_max_side(tmp_path: Path) -> Expect:
+    """An image whose long side exceeds dataset.max_side is named (id, file, size) by
+    prepare_data; extract_cams runs the network on it capped at max_side and stores its
+    full-size CAMs at the image's own size, the strided maps on the capped image's grid;
+    make_pseudo_masks walks on that grid and stores the masks at the image's own size."""
+    ds = folder_dataset(tmp_path / "ds")
+    (ds["images"] / "train_001.png").unlink()
+    write_image(ds["images"] / "train_001.png", h=96, w=200, seed=1)
+    mask = np.zeros((96, 200), np.uint8)
+    mask[10:60, 20:120] = CLASSES.index("dog")
+    write_mask(ds["masks"] / "train_001.png", mask)
+    results = tmp_path / "results"
+    cams = results / "case/cams/train.h5"
+    cfg = folder_config(ds, results)
+    overlay = yaml.safe_load(cfg.read_text())
+    overlay["dataset"]["max_side"] = 64
+    cfg.write_text(yaml.safe_dump(overlay))
+    proc = snakemake(cfg, "--until", "make_pseudo_masks")
+
+    def check() -> None:
+        from wsss.io.h5store import H5Reader
+
+        store = H5Reader(cams, kind="cams")
+        big = store.get("train_001", ["cnn", "cnn_strided", "tran", "attn"])
+        assert big["size"] == (96, 200) and store.infer_size("train_001") == (31, 64)
+        assert big["cnn"].shape == big["tran"].shape == (1, 96, 200)  # the original size
+        assert big["cnn_strided"].shape == (1, 8, 16)  # stride 4 of 31x64
+        assert big["attn"].shape == (8, 16)
+        assert np.isfinite(big["cnn"]).all() and 0 <= big["cnn"].min() <= big["cnn"].max() <= 1
+        small = store.get("train_002", ["cnn"])
+        assert small["cnn"].shape == (1, 48, 64) and store.infer_size("train_002") == (48, 64)
+        assert store.meta["max_side"] == 64
+        masks = H5Reader(results / "case/masks/train.h5", kind="masks")
+        for key in ("mask", "mask_crf"):  # walked on the capped grid, back at 96x200
+            assert masks.get("train_001", [key])[key].shape == (96, 200)
+        with Image.open(results / "case/masks/train/train_001.png") as png:
+            assert png.size == (200, 96)
+
+    return Expect(proc, rc=0, message=r"1 of 12 image\(s\) have a long side above "
+                  r"dataset\.max_side = 64.*train_001 \S*train_001\.png \(200x96\)",
+                  logs=[results / "case/logs/prepare_data.log"], present=[cams], check=check)
 
 
 # ---------------------------------------------------------------- the test

@@ -47,6 +47,44 @@ def test_cobra_outputs_and_single_forward_cams():
     assert cams["attn"].shape == (1, 1, 5, 5) and (cams["tran"] >= 0).all()
 
 
+def _old_stacked_attention(branch, x):
+    """The former extraction path: every layer's (B, T, T) head-mean attention kept in a list
+    (non-fused timm attention), then stacked and summed."""
+    kept = []
+    hooks = [b.attn.attn_drop.register_forward_hook(
+        lambda m, i, o: kept.append(o.detach().float().mean(1))) for b in branch.vit.blocks]
+    for b in branch.vit.blocks:
+        b.attn.fused_attn = False
+    branch._mode = "none"  # our own hooks stay quiet
+    try:
+        branch.vit.forward_features(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack(kept, 0).sum(0)
+
+
+def test_cls_attention_row_equals_the_full_matrix_path():
+    """Extraction's O(T) CLS row (fused attention + q/k hooks) = row 0 of the old stacked (B, T,
+    T) matrices; training's running sum = the old stack's sum; the CAMs agree too."""
+    torch.manual_seed(0)
+    model = CoBraNet(3, CNN, {**VIT, "kwargs": {"depth": 3}}, proj_dim=8).eval()
+    x = torch.randn(2, 3, 72, 88)  # not a multiple of 16: padded 5x6 grid, T = 31
+    with torch.no_grad():
+        old = _old_stacked_attention(model.vit, x)
+        full = model.vit(x, attention="full")
+        cls = model.vit(x, attention="cls")
+    assert old.shape == (2, 31, 31) and cls["attn_cls"].shape == (2, 31)
+    assert torch.allclose(full["attn"], old, atol=1e-6)
+    assert torch.allclose(cls["attn_cls"], old[:, 0], atol=1e-5)
+    assert torch.allclose(cls["cam"], full["cam"], atol=1e-4)
+    assert torch.allclose(model.vit.semantic_agnostic(cls["attn_cls"], (5, 6)),
+                          old[:, 0, 1:].reshape(2, 5, 6), atol=1e-5)
+    assert all(b.attn.fused_attn for b in model.vit.vit.blocks)  # cls: timm's fused path
+    with pytest.raises(ValueError, match="attention"):
+        model.vit(x, attention="rows")
+
+
 def test_train_step_moves_projections():
     torch.manual_seed(0)
     from wsss.config import load_config

@@ -105,7 +105,7 @@ def _outputs(root: Path) -> dict[str, str]:
 
 
 PARAMS = {"report": {"overlay_images": 2}, "predict": {"scales": [1.0], "flip": False},
-          "classes": CLASSES, "device": "cpu"}
+          "classes": CLASSES, "device": "cpu", "max_side": 1024}
 
 
 def _png_size(path: str | Path) -> tuple[int, int]:
@@ -148,7 +148,7 @@ def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
         assert w > 300 and h > 200
     sheets = sorted(Path(outs["overlays"]).iterdir())
     assert [p.name for p in sheets] == ["a.png", "b.png"]  # the first two ids of the split
-    assert injected[0][1:] == (PARAMS["predict"], "cpu", CLASSES)
+    assert injected[0][1:] == (PARAMS["predict"], "cpu", CLASSES, 1024)  # the cap reaches it
     assert not list(tmp_path.glob("report/.*"))  # no temporary leftovers
     warnings = Path(outs["warnings"]).read_text().splitlines()
     assert len(warnings) == 4, warnings

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from wsss.data.datasets import normalize
 from wsss.data.table import write_split_csv
 from wsss.errors import DataError
 from wsss.io.h5store import H5Reader, H5Writer
@@ -21,6 +22,7 @@ from wsss.models.segmentation import (
     save_segmenter,
     segmenter_meta,
 )
+from wsss.segment.inference import multiscale_probs, predict_labels
 from wsss.stages import eval_segmentation, predict, train_segmentation
 from wsss.train.loop import Progress, ResumableRun
 
@@ -198,11 +200,11 @@ def val_inputs(tmp_path: Path) -> dict[str, str]:
 
 
 def _predict(inputs: dict[str, str], out: Path, crf: bool = True, threads: int = 1,
-             classes: list[str] = CLASSES) -> dict[str, str]:
+             classes: list[str] = CLASSES, max_side: int | None = None) -> dict[str, str]:
     outputs = {"predictions": str(out / "val.h5"), "png": str(out / "val")}
     params = {"predict": {"split": "val", "scales": [1.0, 0.75], "flip": True,
                           "crf": {**CRF, "enabled": crf}},
-              "classes": classes, "device": "cpu"}
+              "classes": classes, "device": "cpu", "max_side": max_side}
     predict.run(inputs, outputs, params, threads=threads)
     return outputs
 
@@ -227,6 +229,27 @@ def test_predict_every_image_at_its_size_with_crf(val_inputs, tmp_path):
     assert raw_only.meta["maps"] == ["raw"]
     assert np.array_equal(raw_only.get("v1")["raw"], store.get("v1")["raw"])
     assert set(raw_only.get("v1")) == {"size", "keys", "raw"}
+
+
+def test_predict_caps_the_long_side_and_returns_maps_at_the_image_size(val_inputs, tmp_path):
+    """With max_side 32 the network and the CRF see each image resized to a long side of 32
+    (v1 40x40 -> 32x32); raw and crf come back at the image's size by nearest neighbour."""
+    from wsss.data.images import cap_rgb, read_rgb, resize_labels
+
+    outputs = _predict(val_inputs, tmp_path / "c", max_side=32)
+    store = H5Reader(outputs["predictions"], kind="predictions")
+    assert store.meta["max_side"] == 32
+    model, meta = load_segmenter(val_inputs["model"])
+    for ident, size in VAL_SIZES.items():
+        item = store.get(ident)
+        assert item["size"] == size and item["raw"].shape == item["crf"].shape == size
+        seen = cap_rgb(read_rgb(tmp_path / f"{ident}.png"), 32)
+        assert max(seen.shape[:2]) == 32
+        probs = multiscale_probs(model, normalize(seen, meta["mean"], meta["std"]),
+                                 [1.0, 0.75], True)
+        assert np.array_equal(item["raw"], resize_labels(predict_labels(probs), size))
+    uncapped = H5Reader(_predict(val_inputs, tmp_path / "u", crf=False)["predictions"])
+    assert not np.array_equal(uncapped.get("v0")["raw"], store.get("v0")["raw"])
 
 
 def test_predict_crf_workers_match_serial(val_inputs, tmp_path):

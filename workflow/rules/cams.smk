@@ -8,7 +8,12 @@ rule extract_cams:
         cams=f"{R}/cams/{{split}}.h5",
     params:
         cfg=as_params(
-            {"cams": config["cams"], "classes": classes_params(), "device": config["device"]}
+            {
+                "cams": config["cams"],
+                "classes": classes_params(),
+                "device": config["device"],
+                "max_side": config["dataset"]["max_side"],
+            }
         ),
     log:
         f"{R}/logs/extract_cams_{{split}}.log",

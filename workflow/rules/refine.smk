@@ -76,7 +76,12 @@ rule make_pseudo_masks:
         png=directory(f"{R}/masks/{{split}}"),
     params:
         cfg=as_params(
-            {"masks": config["masks"], "classes": classes_params(), "device": config["device"]}
+            {
+                "masks": config["masks"],
+                "classes": classes_params(),
+                "device": config["device"],
+                "max_side": config["dataset"]["max_side"],
+            }
         ),
     log:
         f"{R}/logs/make_pseudo_masks_{{split}}.log",

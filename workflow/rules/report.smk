@@ -44,6 +44,7 @@ rule report:
                 "predict": config["predict"],
                 "classes": classes_params(),
                 "device": config["device"],
+                "max_side": config["dataset"]["max_side"],
             }
         ),
     log:

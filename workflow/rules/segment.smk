@@ -47,7 +47,12 @@ rule predict:
         png=directory(f"{R}/predictions/{{split}}"),
     params:
         cfg=as_params(
-            {"predict": config["predict"], "classes": classes_params(), "device": config["device"]}
+            {
+                "predict": config["predict"],
+                "classes": classes_params(),
+                "device": config["device"],
+                "max_side": config["dataset"]["max_side"],
+            }
         ),
     log:
         f"{R}/logs/predict_{{split}}.log",

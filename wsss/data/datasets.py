@@ -11,16 +11,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from wsss.data.classes import IGNORE_INDEX
+from wsss.data.images import cap_rgb, image_size, read_rgb
 from wsss.errors import DataError
-
-
-def load_rgb(path: object) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 array; a DataError names an unreadable file."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
 def jitter_flip_crop(img: np.ndarray, label: np.ndarray, rescale: tuple[float, float], crop: int,
@@ -42,9 +34,11 @@ def jitter_flip_crop(img: np.ndarray, label: np.ndarray, rescale: tuple[float, f
 def load_mask(path: object, size: tuple[int, int], image_id: str) -> np.ndarray:
     """Read a ground-truth mask (uint8 class indices, 255 ignore) and check it has ``size``.
 
-    Masks are optional: callers skip images without one (``path`` None is a ValueError, a
-    programming error; see :func:`wsss.data.coverage.split_by_ground_truth`). An unreadable
-    mask or one of another size is a DataError naming it.
+    Masks are label maps drawn on the displayed image: read as stored, with no EXIF
+    transposition (docs/images.md). Masks are optional: callers skip images without one
+    (``path`` None is a ValueError, a programming error; see
+    :func:`wsss.data.coverage.split_by_ground_truth`). An unreadable mask or one of another size
+    is a DataError naming it.
     """
     if path is None:
         raise ValueError(f"image {image_id!r} has no ground-truth mask: skip it before scoring")
@@ -90,7 +84,7 @@ class ClassificationCrops(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rec = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        img = Image.fromarray(load_rgb(rec.image))
+        img = Image.fromarray(read_rgb(rec.image))
         long = int(rng.integers(self.resize_long[0], self.resize_long[1] + 1))
         w, h = img.size
         s = long / max(h, w)
@@ -131,19 +125,36 @@ class WholeImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         rec = self.records[i]
-        return (normalize(load_rgb(rec.image), self.mean, self.std),
+        return (normalize(read_rgb(rec.image), self.mean, self.std),
                 multi_hot(rec.labels, self.n_classes), i)
 
 
 def size_batches(records: list, batch_size: int) -> list[list[int]]:
-    """Group record indices into batches of images with identical (H, W), in record order."""
+    """Group record indices into batches of images with identical displayed (H, W) (after EXIF
+    transposition, :func:`wsss.data.images.image_size`), in record order."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, rec in enumerate(records):
-        try:
-            with Image.open(rec.image) as im:
-                groups[(im.height, im.width)].append(i)
-        except OSError as exc:
-            raise DataError(f"cannot read image {rec.image}: {exc}") from exc
+        groups[image_size(rec.image)].append(i)
     batches = [idx[j:j + batch_size] for idx in groups.values()
                for j in range(0, len(idx), batch_size)]
     return sorted(batches, key=lambda b: b[0])
+
+
+class InferenceImages(Dataset):
+    """Whole images as the inference networks see them: read as displayed
+    (:func:`wsss.data.images.read_rgb`), long side capped at ``max_side`` (bicubic, antialiased;
+    :func:`wsss.data.images.cap_rgb`), NOT normalised. Items: ((3, h, w) uint8 tensor, (C,)
+    multi-hot labels, index, the displayed (H, W) before the cap)."""
+
+    def __init__(self, records: Sequence, n_classes: int, max_side: int | None) -> None:
+        self.records, self.n_classes, self.max_side = list(records), n_classes, max_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, tuple[int, int]]:
+        rec = self.records[i]
+        img = read_rgb(rec.image)
+        seen = cap_rgb(img, self.max_side)
+        x = torch.from_numpy(np.array(seen, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return x, multi_hot(rec.labels, self.n_classes), i, (img.shape[0], img.shape[1])

@@ -14,11 +14,12 @@ from pathlib import Path
 from wsss.data.table import check_id, parse_labels
 from wsss.errors import DataError
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".JPG", ".JPEG",
+                                  ".PNG", ".TIF", ".TIFF")
 
 
 def _find_image(images_dir: Path, ident: str) -> Path | None:
-    """Return ``<images_dir>/<id>.<jpg|jpeg|png>`` if one exists."""
+    """Return ``<images_dir>/<id>.<jpg|jpeg|png|tif|tiff>`` (any case listed) if one exists."""
     for suffix in IMAGE_SUFFIXES:
         path = images_dir / f"{ident}{suffix}"
         if path.is_file():

@@ -21,15 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from wsss.data.classes import IGNORE_INDEX
+from wsss.data.images import READ_ERRORS, orientation, read_rgb
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 
 COLUMNS: tuple[str, ...] = ("id", "image", "mask", "labels")
-_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
-                 Image.DecompressionBombError)
 LABEL_SEP = ";"
 ID_RULE = ("ids name files and HDF5 groups, so an id must be a plain name: not empty, no '/' "
            "or '\\', not '.' or '..', no leading '.', no control characters")
@@ -153,58 +152,73 @@ def read_split_csv(path: Path, classes: Sequence[str]) -> list[Record]:
     return records
 
 
-def _check_one(rec: Record, n_classes: int, check_masks: bool) -> str | None:
-    """Return a problem description for one record, or None when its files are sound."""
+def _check_one(rec: Record, n_classes: int, check_masks: bool
+               ) -> tuple[str | None, tuple[int, int] | None]:
+    """(problem description or None, the image's displayed (H, W) or None) for one record.
+
+    The image is read as every stage reads it (:func:`wsss.data.images.read_rgb`: EXIF
+    orientation applied, any mode converted), so its size is the displayed one; the mask is a
+    label map drawn on the displayed image, read as stored, and must have that size."""
     if not rec.image.is_file():
-        return f"image not found: {rec.image} (id {rec.id})"
+        return f"image not found: {rec.image} (id {rec.id})", None
     try:
         with Image.open(rec.image) as im:
             im.verify()
-        with Image.open(rec.image) as im:
-            im.load()
-            size = im.size
-    except _IMAGE_ERRORS as exc:
-        return f"corrupt image: {rec.image} (id {rec.id}): {exc}"
+        h, w = read_rgb(rec.image).shape[:2]
+    except DataError as exc:
+        if exc.__cause__ is None:  # readable but refused (unsupported mode, NaN pixels)
+            return f"{exc} (id {rec.id})", None
+        return f"corrupt image: {rec.image} (id {rec.id}): {exc.__cause__}", None
+    except READ_ERRORS as exc:
+        return f"corrupt image: {rec.image} (id {rec.id}): {exc}", None
+    size = (w, h)
     if not check_masks or rec.mask is None:
-        return None
+        return None, (h, w)
     if not rec.mask.is_file():
-        return f"mask not found: {rec.mask} (id {rec.id})"
+        return f"mask not found: {rec.mask} (id {rec.id})", (h, w)
     try:
         with Image.open(rec.mask) as m:
             m.load()
             if m.mode not in ("P", "L", "I", "I;16"):
                 return (f"mask is not a single-channel label image (mode {m.mode}): {rec.mask} "
-                        f"(id {rec.id})")
+                        f"(id {rec.id})"), (h, w)
             msize = m.size
             values = np.unique(np.asarray(m))
-    except _IMAGE_ERRORS as exc:
-        return f"corrupt mask: {rec.mask} (id {rec.id}): {exc}"
+    except READ_ERRORS as exc:
+        return f"corrupt mask: {rec.mask} (id {rec.id}): {exc}", (h, w)
     if msize != size:
-        return (f"mask size {msize[0]}x{msize[1]} differs from image size {size[0]}x{size[1]}: "
-                f"{rec.mask} (id {rec.id})")
+        with Image.open(rec.image) as im:
+            turn = orientation(im)
+        shown = f" as displayed (EXIF orientation {turn} applied)" if turn != 1 else ""
+        return (f"mask size {msize[0]}x{msize[1]} differs from image size {size[0]}x{size[1]}"
+                f"{shown}: {rec.mask} (id {rec.id})"), (h, w)
     bad = [int(v) for v in values if not (0 <= v < n_classes or v == IGNORE_INDEX)]
     if bad:
         return (f"mask values {bad[:5]} outside 0..{n_classes - 1} and {IGNORE_INDEX}: {rec.mask} "
-                f"(id {rec.id})")
-    return None
+                f"(id {rec.id})"), (h, w)
+    return None, (h, w)
 
 
 def validate_records(records: Sequence[Record], classes: Sequence[str], check_masks: bool = True,
-                     threads: int = 1, progress: bool = False) -> None:
-    """Open every image (and mask) of a split; raise DataError naming the first bad file."""
+                     threads: int = 1, progress: bool = False) -> list[tuple[int, int]]:
+    """Open every image (and mask) of a split; raise DataError naming the first bad file.
+
+    Returns the images' displayed (H, W) sizes (after EXIF transposition), in record order."""
     n_classes = len(classes)
 
-    def check(rec: Record) -> str | None:
+    def check(rec: Record) -> tuple[str | None, tuple[int, int] | None]:
         return _check_one(rec, n_classes, check_masks)
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results: Iterable[str | None] = pool.map(check, records)
+        results: Iterable[tuple[str | None, tuple[int, int] | None]] = pool.map(check, records)
         if progress:
             from tqdm import tqdm
 
             results = tqdm(results, total=len(records), desc="validate", unit="img",
                            mininterval=1.0)
-        problems = [p for p in results if p is not None]
+        checked = list(results)
+    problems = [p for p, _ in checked if p is not None]
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise DataError(problems[0] + more)
+    return [size for _, size in checked if size is not None]

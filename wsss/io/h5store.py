@@ -4,8 +4,10 @@ Layout::
 
     /            attrs: kind, classes (JSON), meta (JSON: scales, flip, method, config hash ...)
     /ids         UTF-8 strings, the split order (groups iterate alphabetically, ids do not)
-    /images/<id> attrs: size = (H, W);  datasets: keys (int16 class indices 1..C) and one
-                 dataset per map (float16 CAMs (K, H, W), uint8 labels, ...)
+    /images/<id> attrs: size = (H, W) (the image as displayed), optional infer_size = (h, w)
+                 (the size the network saw, when the long side was capped: cams stores);
+                 datasets: keys (int16 class indices 1..C) and one dataset per map (float16
+                 CAMs (K, H, W), uint8 labels, strided maps at the stride-4 grid of infer_size)
 
 Files are written to a temporary sibling and renamed on success (see :class:`H5Writer`).
 Readers open the file lazily, so a reader object can be sent to DataLoader workers before use.
@@ -56,10 +58,14 @@ class H5Writer:
         return self
 
     def add(self, image_id: str, size: tuple[int, int], keys: np.ndarray,
-            maps: dict[str, np.ndarray], dtypes: dict[str, Any] | None = None) -> None:
-        """Store one image: its (H, W), class keys and named maps (float16 unless in ``dtypes``)."""
+            maps: dict[str, np.ndarray], dtypes: dict[str, Any] | None = None,
+            infer_size: tuple[int, int] | None = None) -> None:
+        """Store one image: its (H, W), class keys and named maps (float16 unless in ``dtypes``)
+        and, when given, the (h, w) at which the network saw it (``infer_size`` attribute)."""
         g = self._images.create_group(image_id)
         g.attrs["size"] = np.asarray(size, dtype=np.int32)
+        if infer_size is not None:
+            g.attrs["infer_size"] = np.asarray(infer_size, dtype=np.int32)
         g.create_dataset("keys", data=np.asarray(keys, dtype=np.int16))
         for name, arr in maps.items():
             _compressed(g, name, arr, (dtypes or {}).get(name, np.float16))
@@ -116,6 +122,16 @@ class H5Reader:
             arr = g[name][()]
             out[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
         return out
+
+    def infer_size(self, image_id: str) -> tuple[int, int]:
+        """The (h, w) at which the network saw an image: its ``infer_size`` attribute, or its
+        ``size`` when the store has none (the image was not resized)."""
+        f = self._f()
+        if image_id not in f["images"]:
+            raise DataError(f"{self.path} has no entry for image {image_id!r}")
+        attrs = f["images"][image_id].attrs
+        value = attrs["infer_size"] if "infer_size" in attrs else attrs["size"]
+        return int(value[0]), int(value[1])
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for image_id in self.ids:

@@ -49,9 +49,16 @@ class CNNBranch(nn.Module):
 class ViTBranch(nn.Module):
     """SAK branch: timm ViT, 3x3 CAM head on patch tokens, 1x1 projection, per-layer attention.
 
-    Attention probabilities are captured by a forward hook on each block's ``attn_drop``
-    (timm's non-fused attention path), averaged over heads and summed over layers, so a single
-    forward yields the CAM *and* the attention maps.
+    The attention (softmax of q k^T / sqrt(d) per head, averaged over heads, summed over the
+    layers) comes from the same forward as the CAM, in one of two forms:
+
+    * ``attention="full"`` (training: CoBra's CAP loss needs the patch-to-patch affinity): each
+      block runs timm's non-fused path and a hook on ``attn_drop`` adds the (B, T, T) matrix to
+      a running sum: one (B, T, T) sum plus the block's own (B, heads, T, T) at a time.
+    * ``attention="cls"`` (CAM extraction: A_obj needs only the CLS row): each block runs timm's
+      fused attention (``scaled_dot_product_attention``, no T x T matrix kept) and hooks on
+      ``q_norm`` / ``k_norm`` compute the CLS query's row softmax(q_cls k^T / sqrt(d)): O(T)
+      memory per layer instead of O(T^2); same values to float precision.
     """
 
     def __init__(self, name: str, pretrained: str, n_out: int, proj_dim: int | None = None,
@@ -62,41 +69,77 @@ class ViTBranch(nn.Module):
         kwargs.setdefault("dynamic_img_pad", True)  # same ceil(H/16) grid as the CNN
         self.vit = create_backbone(name, pretrained, num_classes=0, **kwargs)
         blocks = getattr(self.vit, "blocks", None)
-        if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "attn_drop")
+        needed = ("attn_drop", "q_norm", "k_norm", "scale", "fused_attn")
+        if blocks is None or not all(hasattr(b, "attn") and all(hasattr(b.attn, a)
+                                                                 for a in needed)
                                      for b in blocks):
-            raise ValueError(f"{name!r} is not a plain timm ViT (blocks[i].attn.attn_drop)")
+            raise ValueError(f"{name!r} is not a plain timm ViT (blocks[i].attn with attn_drop, "
+                             "q_norm, k_norm)")
         dim = self.vit.num_features
         self.n_prefix = int(getattr(self.vit, "num_prefix_tokens", 1))
         self.stride = int(self.vit.patch_embed.patch_size[0])
         self.cam_head = nn.Conv2d(dim, n_out, 3, padding=1, bias=False)
         self.proj = nn.Conv2d(dim, proj_dim, 1) if proj_dim else None
-        self._attn: list[torch.Tensor] = []
+        self._mode = "full"
+        self._sum: torch.Tensor | None = None
+        self._q_cls: torch.Tensor | None = None
         for block in blocks:
             block.attn.fused_attn = False
-            block.attn.attn_drop.register_forward_hook(self._keep_attention)
+            block.attn.attn_drop.register_forward_hook(self._add_full)
+            block.attn.q_norm.register_forward_hook(self._keep_cls_query)
+            block.attn.k_norm.register_forward_hook(self._add_cls_row(block.attn.scale))
 
-    def _keep_attention(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._attn.append(output.detach().float().mean(dim=1))
+    def _add(self, attn: torch.Tensor) -> None:
+        self._sum = attn if self._sum is None else self._sum + attn
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return ``cam`` (B, n_out, h, w), ``proj`` (B, P, h, w) and ``attn`` (B, T, T).
+    def _add_full(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self._mode == "full":
+            self._add(output.detach().float().mean(dim=1))
 
-        ``attn`` is the head-mean attention summed over all layers, T = prefix + h*w tokens.
-        """
+    def _keep_cls_query(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if self._mode == "cls":
+            self._q_cls = output[:, :, :1].detach().float()  # (B, heads, 1, d)
+
+    def _add_cls_row(self, scale: float):  # noqa: ANN202 (a hook factory)
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if self._mode != "cls":
+                return
+            assert self._q_cls is not None
+            k = output.detach().float()  # (B, heads, T, d)
+            row = torch.softmax((self._q_cls * scale) @ k.transpose(-2, -1), dim=-1)
+            self._add(row[:, :, 0].mean(dim=1))  # (B, T)
+            self._q_cls = None
+
+        return hook
+
+    def forward(self, x: torch.Tensor, attention: str = "full") -> dict[str, torch.Tensor]:
+        """Return ``cam`` (B, n_out, h, w), ``proj`` (B, P, h, w) and the attention summed over
+        layers (head mean): ``attn`` (B, T, T) with ``attention="full"``, ``attn_cls``
+        (B, T), the CLS token's row, with ``attention="cls"``; T = prefix + h*w tokens."""
+        if attention not in ("full", "cls"):
+            raise ValueError(f"attention must be 'full' or 'cls', got {attention!r}")
         h, w = self.vit.patch_embed.dynamic_feat_size(x.shape[-2:])
-        self._attn = []
-        tokens = self.vit.forward_features(x)
-        attn = torch.stack(self._attn, 0).sum(0)
-        self._attn = []
+        for block in self.vit.blocks:
+            block.attn.fused_attn = attention == "cls"
+        self._mode, self._sum, self._q_cls = attention, None, None
+        try:
+            tokens = self.vit.forward_features(x)
+            attn = self._sum
+        finally:
+            self._sum, self._q_cls = None, None
+        assert attn is not None
         patches = tokens[:, self.n_prefix:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
-        out = {"cam": self.cam_head(patches), "attn": attn}
+        out = {"cam": self.cam_head(patches),
+               ("attn" if attention == "full" else "attn_cls"): attn}
         if self.proj is not None:
             out["proj"] = self.proj(patches)
         return out
 
     def semantic_agnostic(self, attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Return A_obj = CLS-to-patch attention (TS-CAM) as a (B, h, w) map, CoBra Sec. 3.4."""
-        return attn[:, 0, self.n_prefix:].reshape(attn.shape[0], *grid)
+        """Return A_obj = CLS-to-patch attention (TS-CAM) as a (B, h, w) map, CoBra Sec. 3.4,
+        from the full (B, T, T) attention or its CLS row (B, T)."""
+        row = attn[:, 0] if attn.ndim == 3 else attn
+        return row[:, self.n_prefix:].reshape(attn.shape[0], *grid)
 
     def patch_affinity(self, attn: torch.Tensor) -> torch.Tensor:
         """Return the patch-to-patch block of the attention (B, N, N), prefix tokens removed."""

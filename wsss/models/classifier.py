@@ -60,9 +60,9 @@ class CoBraNet(nn.Module):
         A_obj (CoBra Sec. 3.4), both (B, C, h, w) foreground only, and ``attn`` A_obj
         (B, 1, h, w)."""
         c = self.cnn(x)
-        v = self.vit(x)
+        v = self.vit(x, attention="cls")  # the CLS row only: O(T) memory per layer
         grid = v["cam"].shape[-2:]
-        a_obj = self.vit.semantic_agnostic(v["attn"], grid).unsqueeze(1)
+        a_obj = self.vit.semantic_agnostic(v["attn_cls"], grid).unsqueeze(1)
         return {"cnn": F.relu(c["cam"][:, 1:]), "tran": F.relu(v["cam"][:, 1:]) * a_obj,
                 "attn": a_obj}
 

@@ -20,7 +20,8 @@ from matplotlib.patches import Patch
 from tqdm import tqdm
 
 from wsss.data.classes import IGNORE_INDEX, voc_palette
-from wsss.data.datasets import load_mask, load_rgb, normalize
+from wsss.data.datasets import load_mask, normalize
+from wsss.data.images import cap_rgb, read_rgb, resize_labels
 from wsss.data.table import Record
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
@@ -89,7 +90,7 @@ def _check_size(name: str, arr: np.ndarray, size: tuple[int, int], image_id: str
 def gather(rec: Record, seeds: H5Reader, ir_labels: H5Reader, masks: H5Reader,
            predict: Predictor) -> SheetData:
     """Read one image's maps from the stores, predict its labels and load its ground truth."""
-    image = load_rgb(rec.image)
+    image = read_rgb(rec.image)
     size = image.shape[:2]
     cam = fused_cam(seeds.get(rec.id, ["cam"])["cam"], size)
     ir = ir_labels.get(rec.id, ["label"])["label"]
@@ -171,8 +172,10 @@ def write_sheets(records: Sequence[Record], seeds: H5Reader, ir_labels: H5Reader
 
 
 def segmenter_predictor(model_path: str | Path, predict_cfg: dict[str, Any], device_name: str,
-                        classes: Sequence[str]) -> Predictor:
-    """A ``predict(image_uint8) -> labels`` callable from segmentation/model.pt (multi-scale)."""
+                        classes: Sequence[str], max_side: int | None = None) -> Predictor:
+    """A ``predict(image_uint8) -> labels`` callable from segmentation/model.pt (multi-scale),
+    as the predict stage runs it: the network sees the image with its long side capped at
+    ``max_side`` (bicubic), the labels come back at the image's size (nearest)."""
     from wsss.models.segmentation import load_segmenter
     from wsss.segment.inference import multiscale_probs, predict_labels
     from wsss.train.utils import resolve_device
@@ -184,7 +187,8 @@ def segmenter_predictor(model_path: str | Path, predict_cfg: dict[str, Any], dev
     scales, flip = [float(s) for s in predict_cfg["scales"]], bool(predict_cfg["flip"])
 
     def predict(image: np.ndarray) -> np.ndarray:
-        x = normalize(image, meta["mean"], meta["std"])
-        return predict_labels(multiscale_probs(model, x, scales, flip))
+        x = normalize(cap_rgb(image, max_side), meta["mean"], meta["std"])
+        return resize_labels(predict_labels(multiscale_probs(model, x, scales, flip)),
+                             image.shape[:2])
 
     return predict

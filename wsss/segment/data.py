@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from wsss.data.classes import IGNORE_INDEX
-from wsss.data.datasets import jitter_flip_crop, load_rgb
+from wsss.data.datasets import jitter_flip_crop
+from wsss.data.images import image_size, read_rgb
 from wsss.data.table import Record
 from wsss.errors import DataError
 from wsss.io.h5store import H5Reader
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file from its header (no decoding); a DataError names a bad file."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
 def check_masks(records: Sequence[Record], masks: H5Reader, key: str) -> None:
@@ -63,7 +53,7 @@ class SegmentationCrops(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rec = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        img = load_rgb(rec.image)
+        img = read_rgb(rec.image)
         mask = self.masks.get(rec.id, [self.key])[self.key]
         if mask.shape != img.shape[:2]:
             raise DataError(f"{self.what} of {rec.id!r} is {mask.shape[1]}x{mask.shape[0]} but "

@@ -1,7 +1,8 @@
 """Stage fuse_cams: fuse CNN and ViT maps into the seeds used downstream, ``seeds/<split>.h5``.
 
 params: {"fusion": str};  inputs: {"cams": cams/<split>.h5};  outputs: {"seeds": seeds/<split>.h5}
-Per image: ``keys``, ``cam`` (K, H, W) and ``cam_strided`` (K, h/4, w/4), both in [0, 1].
+Per image: ``keys``, ``cam`` (K, H, W) and ``cam_strided`` (K, h/4, w/4), both in [0, 1]; the
+``size`` and ``infer_size`` attributes of the CAM store are copied (docs/images.md).
 """
 
 from __future__ import annotations
@@ -34,5 +35,6 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                                    mininterval=5):
             hr = fuse_maps(item.get("cnn"), item.get("tran"), variant)
             st = fuse_maps(item.get("cnn_strided"), item.get("tran_strided"), variant)
-            writer.add(image_id, item["size"], item["keys"], {"cam": hr, "cam_strided": st})
+            writer.add(image_id, item["size"], item["keys"], {"cam": hr, "cam_strided": st},
+                       infer_size=cams.infer_size(image_id))
     log.info("wrote %s (fusion %s)", outputs["seeds"], variant)

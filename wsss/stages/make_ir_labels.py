@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from wsss.data.classes import IGNORE_INDEX
 from wsss.data.coverage import skipped_note, split_by_ground_truth
-from wsss.data.datasets import load_rgb
+from wsss.data.datasets import load_mask
+from wsss.data.images import read_rgb
 from wsss.data.table import Record, read_split_csv
 from wsss.errors import ConfigError, DataError
 from wsss.io.atomic import atomic_path
@@ -137,7 +137,7 @@ class Labeller:
         if cams.shape != (len(keys), *size):
             raise DataError(f"seed CAM of shape {cams.shape} does not match {len(keys)} "
                             f"classes at size {size}")
-        image = load_rgb(task.image)
+        image = read_rgb(task.image)
         if image.shape[:2] != tuple(size):
             raise DataError(f"image {task.image} is {image.shape[1]}x{image.shape[0]} but its "
                             f"CAMs are {size[1]}x{size[0]}")
@@ -147,11 +147,7 @@ class Labeller:
         scored = correct = 0
         conf = None
         if task.mask is not None:
-            with Image.open(task.mask) as im:
-                gt = np.asarray(im)
-            if gt.shape != tuple(size):
-                raise DataError(f"mask {task.mask} is {gt.shape[1]}x{gt.shape[0]} but the "
-                                f"image is {size[1]}x{size[0]}")
+            gt = load_mask(task.mask, tuple(size), task.id)
             valid = confident & (gt != IGNORE_INDEX)
             scored = int(valid.sum())
             correct = int((valid & (label == gt)).sum())

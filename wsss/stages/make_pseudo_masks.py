@@ -1,8 +1,10 @@
 """Stage make_pseudo_masks: random walk of the seeds over IRN's boundary map -> pseudo masks.
 
 params: {"masks": <config section, with the final label CRF under "crf">, "classes": [...],
-         "device": str}
-inputs: {"irn": irn/model.pt, "seeds": seeds/<split>.h5, "cams": cams/<split>.h5 (ViT seeds),
+         "device": str, "max_side": int | None (dataset.max_side: reruns the stage when it
+         changes; the sizes themselves come from the CAM store)}
+inputs: {"irn": irn/model.pt, "seeds": seeds/<split>.h5, "cams": cams/<split>.h5 (ViT seeds and
+         each image's inference size),
          "ir_labels": ir_labels/<split>.h5 (per-image thresholds, rule psa),
          "split": data/<split>.csv}
 outputs: {"masks": masks/<split>.h5, "png": masks/<split>/ (VOC-palette PNGs of ``mask_crf``
@@ -23,9 +25,15 @@ CRF). Rules (IRN Sec. 4.3; CoBra's code; docs/conventions.md; :func:`masks_from_
   seeds, GMM thresholds) this gave 0.399 mask mIoU against 0.374 with the midpoint of the bg
   and fg thresholds as t, and 0.365 / 0.384 with fixed p = 0.6 / 1.
 
-The final label CRF (gt_prob 0.7, Gaussian 2/3, bilateral 45/5/4) gives ``mask_crf``. Same-size
-images are walked as one batch (the walk's cost on small grids is per tensor operation); the
-CRFs run in ``threads`` worker processes while the parent walks the next batches.
+The final label CRF (gt_prob 0.7, Gaussian 2/3, bilateral 45/5/4) gives ``mask_crf``.
+
+Sizes (docs/images.md): the boundary network, the walk, the mask rule and the final CRF work on
+the image the CAM network saw (its ``infer_size`` in the CAM store: long side capped at
+``dataset.max_side``, bicubic), on the stride-4 grid of that size where the strided seeds lie;
+``mask`` and ``mask_crf`` are then brought back to the image's own size by nearest neighbour.
+So memory per image is bounded by the cap. Same-size images are walked as one batch (the walk's
+cost on small grids is per tensor operation); the CRFs run in ``threads`` worker processes
+while the parent walks the next batches.
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from wsss.cams.multiscale import strided_size
 from wsss.data.classes import voc_palette
-from wsss.data.datasets import load_rgb, normalize, size_batches
+from wsss.data.datasets import normalize, size_batches
+from wsss.data.images import read_rgb, resize_labels, resize_rgb
 from wsss.data.table import Record, read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_dir
@@ -109,7 +119,8 @@ class CrfTask:
 
     id: str
     image: Path
-    size: tuple[int, int]
+    size: tuple[int, int]  # the image's own (H, W)
+    seen: tuple[int, int]  # the (h, w) the networks saw; ``mask`` is at this size
     keys: np.ndarray
     mask: np.ndarray
 
@@ -132,10 +143,11 @@ class FinalCrf:
         self.crf = crf
 
     def __call__(self, task: CrfTask) -> MaskResult:
-        """Refine one walked mask with the label CRF; a failure names the image."""
+        """Refine one walked mask with the label CRF at the size the networks saw, then bring
+        both masks back to the image's size (nearest); a failure names the image."""
         crf = self.crf
         try:
-            img = load_rgb(task.image)
+            img = resize_rgb(read_rgb(task.image), task.seen)
             present = np.concatenate([[0], task.keys]).astype(np.int64)
             index = np.searchsorted(present, task.mask)
             refined = present[label_crf(
@@ -143,19 +155,23 @@ class FinalCrf:
                 gauss=(crf["gauss_sxy"], crf["gauss_compat"]),
                 bilateral=(crf["bilateral_sxy"], crf["bilateral_srgb"], crf["bilateral_compat"]),
                 iterations=crf["iterations"])].astype(np.uint8)
+        except DataError:
+            raise
         except Exception as exc:  # re-raised with the image named
             raise DataError(f"final CRF of image {task.id!r} failed: {exc}") from None
-        return MaskResult(task.id, task.size, task.keys, task.mask, refined)
+        return MaskResult(task.id, task.size, task.keys, resize_labels(task.mask, task.size),
+                          resize_labels(refined, task.size))
 
 
 class Walker:
     """Edge maps, random walk and mask rule for batches of same-size images (parent process)."""
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], cfg: dict[str, Any],
-                 seeds: H5Reader, vit_seeds: H5Reader | None, ir_labels: H5Reader | None,
+                 seeds: H5Reader, cams: H5Reader, ir_labels: H5Reader | None,
                  device: torch.device) -> None:
         self.model, self.meta, self.cfg, self.device = model, meta, cfg, device
-        self.seeds, self.vit_seeds, self.ir_labels = seeds, vit_seeds, ir_labels
+        self.seeds, self.cams, self.ir_labels = seeds, cams, ir_labels
+        self.vit_seeds = cams if cfg["seed"] == "tran" else None
 
     def power(self, image_id: str) -> float:
         """The background power of rule psa for one image (config value or auto)."""
@@ -168,18 +184,25 @@ class Walker:
     def batch(self, records: list[Record]) -> list[CrfTask]:
         """Walk one batch of same-size images and apply the mask rule."""
         cfg = self.cfg
-        images, seeds = [], []
+        images, seeds, sizes = [], [], []
         for rec in records:
             item = self.seeds.get(rec.id, ["cam_strided"])
             cams = item["cam_strided"]
             if self.vit_seeds is not None:
                 cams = self.vit_seeds.get(rec.id, ["tran_strided"])["tran_strided"]
-            img = load_rgb(rec.image)
+            img = read_rgb(rec.image)
             if img.shape[:2] != tuple(item["size"]):
                 raise DataError(f"image {rec.image} is {img.shape[1]}x{img.shape[0]} but its "
                                 f"seeds are {item['size'][1]}x{item['size'][0]}")
+            seen = self.cams.infer_size(rec.id)
+            if cams.shape[1:] != strided_size(*seen):
+                raise DataError(f"the strided seeds of image {rec.id!r} are "
+                                f"{cams.shape[2]}x{cams.shape[1]}, not the stride-4 grid of "
+                                f"the {seen[1]}x{seen[0]} image the CAM network saw "
+                                f"({self.cams.path})")
             power = self.power(rec.id) if cfg["rule"] == "psa" else 1.0
-            images.append(img)
+            sizes.append((img.shape[0], img.shape[1]))
+            images.append(resize_rgb(img, seen))
             seeds.append((item["keys"], walk_channels(torch.from_numpy(cams).float(),
                                                       cfg["rule"], power)))
         x = torch.stack([normalize(img, self.meta["mean"], self.meta["std"]) for img in images])
@@ -192,10 +215,12 @@ class Walker:
         rw = sparse_random_walk(stack, edge, beta=cfg["beta"], exp_times=cfg["exp_times"],
                                 radius=cfg["radius"]).cpu()
         out = []
-        for b, (rec, img, (keys, ch)) in enumerate(zip(records, images, seeds, strict=True)):
-            mask = masks_from_walk(rw[b, :ch.shape[0]], keys, img.shape[:2], cfg["rule"],
+        for b, (rec, img, size, (keys, ch)) in enumerate(zip(records, images, sizes, seeds,
+                                                             strict=True)):
+            seen = img.shape[:2]
+            mask = masks_from_walk(rw[b, :ch.shape[0]], keys, seen, cfg["rule"],
                                    cfg["bg_score"], cfg["rel_threshold"])
-            out.append(CrfTask(rec.id, rec.image, img.shape[:2], keys, mask))
+            out.append(CrfTask(rec.id, rec.image, size, seen, keys, mask))
         return out
 
 
@@ -212,18 +237,23 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     device = resolve_device(params["device"])
     model, meta = load_irn(inputs["irn"], device)
     seeds = H5Reader(inputs["seeds"], kind="seeds")
-    vit_seeds = H5Reader(inputs["cams"], kind="cams") if cfg["seed"] == "tran" else None
+    cams = H5Reader(inputs["cams"], kind="cams")
     auto_power = cfg["rule"] == "psa" and cfg["bg_power"] == "auto"
     ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels") if auto_power else None
     records = read_split_csv(Path(inputs["split"]), classes)
-    for store, what in [(seeds, "seeds"), (ir_labels, "IR labels")]:
+    for store, what in [(seeds, "seeds"), (cams, "CAMs"), (ir_labels, "IR labels")]:
         if store is None:
             continue
         missing = [r.id for r in records if r.id not in store]
         if missing:
             raise DataError(f"{store.path} has no {what} for {len(missing)} image(s) of "
                             f"{inputs['split']}, e.g. {missing[0]!r}")
-    walker = Walker(model, meta, cfg, seeds, vit_seeds, ir_labels, device)
+    walker = Walker(model, meta, cfg, seeds, cams, ir_labels, device)
+    capped = sum(cams.infer_size(r.id) != cams.get(r.id, [])["size"] for r in records)
+    if capped:
+        log.info("%d image(s) were seen capped at dataset.max_side = %s by extract_cams: walked "
+                 "at that size, masks brought back to the image size (nearest)", capped,
+                 cams.meta.get("max_side"))
     palette = voc_palette(256).reshape(-1).tolist()
     store_meta = {**seeds.meta, "rule": cfg["rule"], "walk": cfg,
                   "irn_hash": meta["config_hash"]}

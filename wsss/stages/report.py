@@ -1,7 +1,8 @@
 """Stage report: one table and two charts of mIoU across the stages, plus per-image sheets.
 
 params: {"report": {"overlay_images": N (first N ids of the split, default 6) | [ids]},
-         "predict": {"scales": [...], "flip": bool}, "classes": [...], "device": str}
+         "predict": {"scales": [...], "flip": bool}, "classes": [...], "device": str,
+         "max_side": int | None (dataset.max_side: the overlay predictor's cap, as predict)}
 inputs: {"seeds_metrics": metrics/seeds.csv, "ir_metrics": metrics/ir_labels_train.csv,
          "masks_metrics": metrics/masks.csv, "seg_metrics": metrics/segmentation.csv,
          "split": data/train.csv, "seg_split": data/<predict.split>.csv (the split the segmenter
@@ -58,7 +59,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     with atomic_dir(outputs["overlays"]) as tmp_dir:
         if chosen:
             predict = segmenter_predictor(inputs["model"], params["predict"], params["device"],
-                                          classes)
+                                          classes, params.get("max_side"))
             write_sheets(chosen, stores["seeds"], stores["ir_labels"], stores["masks"], predict,
                          classes, tmp_dir)
     with atomic_path(outputs["summary"]) as tmp:
