@@ -454,8 +454,8 @@ def case_exif_rotated_jpeg_with_displayed_mask(tmp_path: Path) -> Expect:
 @case
 def case_image_beyond_max_side(tmp_path: Path) -> Expect:
     """An image whose long side exceeds dataset.max_side is named (id, file, size) by
-    prepare_data; extract_cams runs the network on it capped at max_side and stores its
-    full-size CAMs at the image's own size, the strided maps on the capped image's grid;
+    extract_cams, the first stage it concerns, which runs the network on it capped at max_side
+    and stores its full-size CAMs at the image's own size, the strided maps on the capped grid;
     make_pseudo_masks walks on that grid and stores the masks at the image's own size."""
     ds = folder_dataset(tmp_path / "ds")
     (ds["images"] / "train_001.png").unlink()
@@ -492,7 +492,8 @@ def case_image_beyond_max_side(tmp_path: Path) -> Expect:
 
     return Expect(proc, rc=0, message=r"1 of 12 image\(s\) have a long side above "
                   r"dataset\.max_side = 64.*train_001 \S*train_001\.png \(200x96\)",
-                  logs=[results / "case/logs/prepare_data.log"], present=[cams], check=check)
+                  logs=[results / "case/logs/extract_cams_train.log"], present=[cams],
+                  check=check)
 
 
 # ---------------------------------------------------------------- the test

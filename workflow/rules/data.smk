@@ -7,7 +7,8 @@ rule prepare_data:
         val=f"{R}/data/val.csv",
         classes=f"{R}/data/classes.csv",
     params:
-        cfg=as_params(config["dataset"]),
+        # max_side only changes how the inference stages see an image: not a data setting
+        cfg=as_params({k: v for k, v in config["dataset"].items() if k != "max_side"}),
     log:
         f"{R}/logs/prepare_data.log",
     benchmark:

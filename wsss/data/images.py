@@ -29,6 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -163,3 +165,22 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return labels
     pil = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
     return np.asarray(pil.resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def beyond_cap(records: Sequence[Any], max_side: int | None, split: str) -> str | None:
+    """A warning naming the images whose displayed long side exceeds ``max_side`` (id, file,
+    W x H; the first 10 and the count), or None when there are none or no cap."""
+    if max_side is None:
+        return None
+    over = []
+    for rec in records:
+        h, w = image_size(rec.image)
+        if max(h, w) > max_side:
+            over.append(f"{rec.id} {rec.image} ({w}x{h})")
+    if not over:
+        return None
+    more = f"; and {len(over) - 10} more" if len(over) > 10 else ""
+    return (f"{split}: {len(over)} of {len(records)} image(s) have a long side above "
+            f"dataset.max_side = {max_side}; the networks see them resized to a long side of "
+            f"{max_side} and every map comes back at the image's own size: "
+            f"{'; '.join(over[:10])}{more}")

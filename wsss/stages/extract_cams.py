@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from wsss.cams.multiscale import multiscale_maps, normalize_by_max
 from wsss.data.datasets import InferenceImages, size_batches
+from wsss.data.images import beyond_cap
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.hashing import config_hash
@@ -111,6 +112,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                         f"but the data set has {classes}")
     records = read_split_csv(Path(inputs["split"]), classes)
     max_side = params.get("max_side")
+    note = beyond_cap(records, max_side, Path(inputs["split"]).stem)
+    if note:
+        log.warning(note)
     store_meta = {"scales": cfg["scales"], "flip": cfg["flip"], "method": meta["method"],
                   "max_side": max_side,
                   "classifier_hash": meta["config_hash"], "config_hash": config_hash(cfg),

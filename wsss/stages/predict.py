@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from wsss.data.classes import voc_palette
 from wsss.data.datasets import normalize
-from wsss.data.images import cap_rgb, read_rgb, resize_labels
+from wsss.data.images import beyond_cap, cap_rgb, read_rgb, resize_labels
 from wsss.data.table import Record, read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_dir
@@ -125,6 +125,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
              inputs["split"], cfg["scales"], cfg["flip"], device,
              f"in {max(1, threads)} process(es)" if crf else "off")
     max_side = params.get("max_side")
+    note = beyond_cap(records, max_side, cfg["split"])
+    if note:
+        log.warning(note)
     preds = _forward_all(model, meta, records, cfg, keep_probs=crf is not None,
                          max_side=max_side)
     if crf is not None:

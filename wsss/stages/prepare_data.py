@@ -8,8 +8,6 @@ label statistics ``data/classes.csv``.
   demo: {n_train, n_val, size, size_jitter, seed, p_ctx}
   voc12: {train_split: train | train_aug, val_split: val | train, scored_train: train | all}
   folder: {images, masks (optional), train_labels, val_labels}  (paths, relative to root)
-  max_side: long-side cap of the inference stages (or null); images beyond it are listed in a
-    warning by id, file and displayed size (first 10 and the count): they are not refused.
 
 outputs: {"train": data/train.csv, "val": data/val.csv, "classes": data/classes.csv (one row
 per foreground class: ``class, train_images, val_images, train_masks, val_masks, problem``, see
@@ -75,23 +73,6 @@ def _summary(split: str, records: Sequence[Record], classes: Sequence[str]) -> N
     log.info("%s: %d images, %d with masks; labels: %s", split, len(records), n_masks, hist)
 
 
-def _report_beyond_cap(split: str, records: Sequence[Record], sizes: Sequence[tuple[int, int]],
-                       max_side: int | None) -> None:
-    """Warn about the images whose displayed long side exceeds ``dataset.max_side``."""
-    if max_side is None:
-        return
-    over = [(r, s) for r, s in zip(records, sizes, strict=True) if max(s) > max_side]
-    if not over:
-        return
-    shown = "; ".join(f"{r.id} {r.image} ({s[1]}x{s[0]})" for r, s in over[:10])
-    more = f"; and {len(over) - 10} more" if len(over) > 10 else ""
-    log.warning("%s: %d of %d image(s) have a long side above dataset.max_side = %d; the "
-                "inference stages (extract_cams, make_pseudo_masks, predict, report) run the "
-                "networks on them resized to a long side of %d and bring every map back to the "
-                "image's own size: %s%s", split, len(over), len(records), max_side, max_side,
-                shown, more)
-
-
 def _relative_rows(rows: Sequence[dict], data_dir: Path, csv_dir: Path) -> list[dict]:
     """Re-express paths relative to ``data_dir`` as paths relative to ``csv_dir``."""
     out = []
@@ -152,9 +133,8 @@ def _prepare_demo(params: Mapping[str, Any], outputs: Mapping[str, Path],
                        "mask": mask_tmp / Path(r["mask"]).relative_to("masks")}
                       for r in rows[split]]
             records[split] = records_from_rows(staged, classes, data_dir, f"demo {split}")
-            sizes = validate_records(records[split], classes, threads=threads, progress=True)
+            validate_records(records[split], classes, threads=threads, progress=True)
             _summary(split, records[split], classes)
-            _report_beyond_cap(split, records[split], sizes, params.get("max_side"))
         stats = _class_stats(records, classes)
     try:
         _write_csvs(outputs, {s: _relative_rows(rows[s], data_dir, outputs[s].parent.resolve())
@@ -223,7 +203,6 @@ def run(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[s
                                            f"{params['name']} {split}")
         if not records[split]:
             raise DataError(f"{params['name']} {split}: empty split")
-        sizes = validate_records(records[split], classes, threads=threads, progress=True)
+        validate_records(records[split], classes, threads=threads, progress=True)
         _summary(split, records[split], classes)
-        _report_beyond_cap(split, records[split], sizes, params.get("max_side"))
     _write_csvs(out, rows, _class_stats(records, classes))
