@@ -19,3 +19,16 @@ def as_params(section: Any) -> str:
 def config_hash(section: Any) -> str:
     """Return a short stable hash of a config section (stored in artifacts and resume state)."""
     return hashlib.sha256(as_params(section).encode()).hexdigest()[:16]
+
+
+# Settings that change how a stage runs, never what it computes: they are passed to the stage
+# outside the rerun-tracked params and left out of resume fingerprints, so moving a run to a
+# node with other cores or editing the checkpoint frequency reruns and retrains nothing.
+EXECUTION_KEYS: frozenset[str] = frozenset({"num_workers", "save_every_steps"})
+
+
+def without_execution(section: Any) -> Any:
+    """A config section (or any nesting of dicts) without its execution-only keys."""
+    if isinstance(section, dict):
+        return {k: without_execution(v) for k, v in section.items() if k not in EXECUTION_KEYS}
+    return section
