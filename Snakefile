@@ -31,11 +31,11 @@ include: "workflow/rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+# The whole DAG: seeds -> IR labels -> masks -> segmentation -> report.
 rule all:
-    """The whole DAG: seeds -> IR labels -> masks -> segmentation -> report."""
+    default_target: True
     input:
         f"{R}/report/summary.csv",
-    default_target: True
 
 
 rule masks:

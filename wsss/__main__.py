@@ -34,6 +34,15 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _merge(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in recursively (dicts merge, other values replace)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, set up logging and threads, and run one stage (or ``weights``)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -47,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--output", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--params", default="{}", help="the stage's config as JSON")
+    parser.add_argument("--options", default="{}",
+                        help="execution-only settings as JSON (num_workers, save_every_steps), "
+                             "merged into --params; rules keep them out of rerun decisions")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--log", default=None, help="log file (also receives progress bars)")
     args = parser.parse_args(argv)
@@ -75,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = json.loads(args.params)
+        options = json.loads(args.options)
     except json.JSONDecodeError as exc:
-        log.error("--params is not valid JSON: %s", exc)
+        log.error("--params / --options is not valid JSON: %s", exc)
         return 2
+    params = _merge(params, options)
     import torch
 
     torch.set_num_threads(max(1, args.threads))

@@ -32,3 +32,33 @@ def without_execution(section: Any) -> Any:
     if isinstance(section, dict):
         return {k: without_execution(v) for k, v in section.items() if k not in EXECUTION_KEYS}
     return section
+
+
+def only_execution(section: Any) -> Any:
+    """The execution-only keys of a config section, keeping its nesting (empty dicts dropped)."""
+    if not isinstance(section, dict):
+        return None
+    out = {}
+    for key, value in section.items():
+        if key in EXECUTION_KEYS:
+            out[key] = value
+        elif isinstance(value, dict):
+            inner = only_execution(value)
+            if inner:
+                out[key] = inner
+    return out
+
+
+class Untracked:
+    """A rule parameter Snakemake does not compare for reruns (not a builtin type, so its
+    persistence layer cannot represent it and leaves it out of the params trigger); formats as
+    its text in shell commands."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Untracked({self.text!r})"

@@ -3,56 +3,56 @@ rule extract_cams:
     input:
         model=f"{R}/classifier/model.pt",
         split=f"{R}/data/{{split}}.csv",
-        code=stage_sources("extract_cams"),
     output:
         cams=f"{R}/cams/{{split}}.h5",
-    params:
-        cfg=as_params(
-            {
-                "cams": config["cams"],
-                "classes": classes_params(),
-                "device": config["device"],
-                "max_side": config["dataset"]["max_side"],
-            }
-        ),
     log:
         f"{R}/logs/extract_cams_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/extract_cams_{{split}}.tsv"
+    conda:
+        ENV
     threads: CORES
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=12 * 60,
-    conda:
-        ENV
+    params:
+        **stage_params(
+            "extract_cams",
+            {
+                "cams": config["cams"],
+                "classes": classes_params(),
+                "device": config["device"],
+                "max_side": config["dataset"]["max_side"],
+            },
+        ),
     shell:
         "python -m wsss extract_cams --input model={input.model} --input split={input.split}"
-        " --output cams={output.cams} --params {params.cfg:q} --threads {threads} --log {log}"
+        " --output cams={output.cams} --params {params.cfg:q} --options {params.opts:q}"
+        " --threads {threads} --log {log}"
 
 
 rule fuse_cams:
     """Fuse CNN and ViT maps into seeds (fusion: fuse | cnn | tran | avg | max)."""
     input:
         cams=f"{R}/cams/{{split}}.h5",
-        code=stage_sources("fuse_cams"),
     output:
         seeds=f"{R}/seeds/{{split}}.h5",
-    params:
-        cfg=as_params({"fusion": config["fusion"]}),
     log:
         f"{R}/logs/fuse_cams_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/fuse_cams_{{split}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        **stage_params("fuse_cams", {"fusion": config["fusion"]}),
     shell:
         "python -m wsss fuse_cams --input cams={input.cams} --output seeds={output.seeds}"
-        " --params {params.cfg:q} --threads {threads} --log {log}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
 
 
 rule eval_seeds:
@@ -61,28 +61,28 @@ rule eval_seeds:
         cams=f"{R}/cams/train.h5",
         seeds=f"{R}/seeds/train.h5",
         split=f"{R}/data/train.csv",
-        code=stage_sources("eval_seeds"),
     output:
         metrics=f"{R}/metrics/seeds.csv",
-    params:
-        cfg=as_params(
-            {
-                "seeds": config["seeds"],
-                "attention": config["ir_labels"]["attention"],
-                "classes": classes_params(),
-            }
-        ),
     log:
         f"{R}/logs/eval_seeds.log",
     benchmark:
         f"{R}/benchmarks/eval_seeds.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        **stage_params(
+            "eval_seeds",
+            {
+                "seeds": config["seeds"],
+                "attention": config["ir_labels"]["attention"],
+                "classes": classes_params(),
+            },
+        ),
     shell:
         "python -m wsss eval_seeds --input cams={input.cams} --input seeds={input.seeds}"
         " --input split={input.split} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --threads {threads} --log {log}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"

@@ -7,9 +7,9 @@ sys.path.insert(0, workflow.basedir)
 from wsss.checks import check_config
 from wsss.config import repeated_configfile_flags, validate_config
 from wsss.data.dataset_classes import classes_for
-from wsss.hashing import as_params
+from wsss.codehash import code_hash
+from wsss.hashing import Untracked, as_params, only_execution, without_execution
 from wsss.errors import ConfigError
-from wsss.workflow import stage_sources
 
 if repeated_configfile_flags(sys.argv):
     raise WorkflowError(
@@ -27,6 +27,8 @@ config.clear()
 config.update(_validated)
 
 R = f"{config['results']}/{config['run']}"
+
+
 # Jobs run `python`: the interpreter running Snakemake (so a venv needs no activation), or with
 # --sdm conda the environment's own python, which conda's activation puts first on PATH.
 envvars:
@@ -49,6 +51,19 @@ def _total_cores():
 
 
 CORES = _total_cores()
+
+
+def stage_params(stage, sections):
+    """A stage rule's params: ``cfg``, its config sections without the execution-only keys, and
+    ``code``, the hash of the code its run() reaches (wsss.codehash), both compared by Snakemake,
+    so a changed setting or a changed line of reached code reruns the stage and its descendants;
+    and ``opts``, the execution-only keys (num_workers, save_every_steps), which Snakemake does
+    not compare: changing them reruns nothing."""
+    return {
+        "cfg": as_params(without_execution(sections)),
+        "code": code_hash(stage),
+        "opts": Untracked(as_params(only_execution(sections))),
+    }
 
 
 def classes_params():

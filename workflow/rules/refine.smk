@@ -4,26 +4,28 @@ rule make_ir_labels:
         seeds=f"{R}/seeds/{{split}}.h5",
         cams=f"{R}/cams/{{split}}.h5",
         split=f"{R}/data/{{split}}.csv",
-        code=stage_sources("make_ir_labels"),
     output:
         labels=f"{R}/ir_labels/{{split}}.h5",
         metrics=f"{R}/metrics/ir_labels_{{split}}.csv",
-    params:
-        cfg=as_params({"ir_labels": config["ir_labels"], "classes": classes_params()}),
     log:
         f"{R}/logs/make_ir_labels_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/make_ir_labels_{{split}}.tsv"
+    conda:
+        ENV
     threads: CORES
     resources:
         mem_mb=4000,
         runtime=4 * 60,
-    conda:
-        ENV
+    params:
+        **stage_params(
+            "make_ir_labels", {"ir_labels": config["ir_labels"], "classes": classes_params()}
+        ),
     shell:
         "python -m wsss make_ir_labels --input seeds={input.seeds} --input cams={input.cams}"
         " --input split={input.split} --output labels={output.labels}"
-        " --output metrics={output.metrics} --params {params.cfg:q} --threads {threads}"
+        " --output metrics={output.metrics} --params {params.cfg:q} --options {params.opts:q}"
+        " --threads {threads}"
         " --log {log}"
 
 
@@ -32,34 +34,34 @@ rule train_irn:
     input:
         labels=f"{R}/ir_labels/train.h5",
         split=f"{R}/data/train.csv",
-        code=stage_sources("train_irn"),
     output:
         model=f"{R}/irn/model.pt",
         metrics=f"{R}/irn/metrics.csv",
-    params:
-        cfg=as_params(
-            {
-                "irn": config["irn"],
-                "classes": classes_params(),
-                "device": config["device"],
-                "seed": config["seed"],
-            }
-        ),
     log:
         f"{R}/logs/train_irn.log",
     benchmark:
         f"{R}/benchmarks/train_irn.tsv"
+    conda:
+        ENV
     threads: CORES
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=12 * 60,
-    conda:
-        ENV
+    params:
+        **stage_params(
+            "train_irn",
+            {
+                "irn": config["irn"],
+                "classes": classes_params(),
+                "device": config["device"],
+                "seed": config["seed"],
+            },
+        ),
     shell:
         "python -m wsss train_irn --input labels={input.labels} --input split={input.split}"
         " --output model={output.model} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --threads {threads} --log {log}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
 
 
 rule make_pseudo_masks:
@@ -70,35 +72,36 @@ rule make_pseudo_masks:
         cams=f"{R}/cams/{{split}}.h5",
         ir_labels=f"{R}/ir_labels/{{split}}.h5",
         split=f"{R}/data/{{split}}.csv",
-        code=stage_sources("make_pseudo_masks"),
     output:
         masks=f"{R}/masks/{{split}}.h5",
         png=directory(f"{R}/masks/{{split}}"),
-    params:
-        cfg=as_params(
-            {
-                "masks": config["masks"],
-                "classes": classes_params(),
-                "device": config["device"],
-                "max_side": config["dataset"]["max_side"],
-            }
-        ),
     log:
         f"{R}/logs/make_pseudo_masks_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/make_pseudo_masks_{{split}}.tsv"
+    conda:
+        ENV
     threads: CORES
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=6 * 60,
-    conda:
-        ENV
+    params:
+        **stage_params(
+            "make_pseudo_masks",
+            {
+                "masks": config["masks"],
+                "classes": classes_params(),
+                "device": config["device"],
+                "max_side": config["dataset"]["max_side"],
+            },
+        ),
     shell:
         "python -m wsss make_pseudo_masks --input irn={input.irn} --input seeds={input.seeds}"
         " --input cams={input.cams} --input ir_labels={input.ir_labels}"
         " --input split={input.split} --output masks={output.masks}"
-        " --output png={output.png} --params {params.cfg:q} --threads {threads} --log {log}"
+        " --output png={output.png} --params {params.cfg:q} --options {params.opts:q}"
+        " --threads {threads} --log {log}"
 
 
 rule eval_masks:
@@ -106,22 +109,22 @@ rule eval_masks:
     input:
         masks=f"{R}/masks/train.h5",
         split=f"{R}/data/train.csv",
-        code=stage_sources("eval_masks"),
     output:
         metrics=f"{R}/metrics/masks.csv",
-    params:
-        cfg=as_params({"classes": classes_params()}),
     log:
         f"{R}/logs/eval_masks.log",
     benchmark:
         f"{R}/benchmarks/eval_masks.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        **stage_params("eval_masks", {"classes": classes_params()}),
     shell:
         "python -m wsss eval_masks --input masks={input.masks} --input split={input.split}"
-        " --output metrics={output.metrics} --params {params.cfg:q} --threads {threads}"
+        " --output metrics={output.metrics} --params {params.cfg:q} --options {params.opts:q}"
+        " --threads {threads}"
         " --log {log}"

@@ -16,7 +16,6 @@ rule report:
         ir_labels=f"{R}/ir_labels/train.h5",
         masks=f"{R}/masks/train.h5",
         model=f"{R}/segmentation/model.pt",
-        code=stage_sources("report"),
     output:
         summary=report(
             f"{R}/report/summary.csv", caption="../report/summary.rst", category="Summary"
@@ -37,26 +36,27 @@ rule report:
             category="Overlays",
             labels={"image": "{image}"},
         ),
+    log:
+        f"{R}/logs/report.log",
+    benchmark:
+        f"{R}/benchmarks/report.tsv"
+    conda:
+        ENV
+    threads: CORES
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
-        cfg=as_params(
+        **stage_params(
+            "report",
             {
                 "report": config["report"],
                 "predict": config["predict"],
                 "classes": classes_params(),
                 "device": config["device"],
                 "max_side": config["dataset"]["max_side"],
-            }
+            },
         ),
-    log:
-        f"{R}/logs/report.log",
-    benchmark:
-        f"{R}/benchmarks/report.tsv"
-    threads: CORES
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        ENV
     shell:
         "python -m wsss report --input seeds_metrics={input.seeds_metrics}"
         " --input ir_metrics={input.ir_metrics} --input masks_metrics={input.masks_metrics}"
@@ -67,4 +67,4 @@ rule report:
         " --output summary={output.summary} --output stages_plot={output.stages_plot}"
         " --output classes_plot={output.classes_plot} --output overlays={output.overlays}"
         " --output warnings={output.warnings}"
-        " --params {params.cfg:q} --threads {threads} --log {log}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"

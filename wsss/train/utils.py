@@ -96,22 +96,18 @@ def freeze_prefixes(module: torch.nn.Module, prefixes: list[str],
 
 
 def run_signature(stage: str, inputs: dict[str, str]) -> dict[str, Any]:
-    """What a resume state must match besides the settings: the stage's source code (hash of
-    every wsss file it imports) and the identity (size, mtime) of its input files.
+    """What a resume state must match besides the settings: the code the stage runs
+    (:func:`wsss.codehash.code_hash`, the syntax of every definition its run() reaches) and the
+    identity (size, mtime) of its input files.
 
     Snakemake reruns a training stage when its code or an upstream artifact changed; the state
     left by the previous run must then not be resumed (it was trained with the old code or on
     the old data). A run killed midway finds both unchanged and resumes.
     """
-    import hashlib
+    from wsss.codehash import code_hash
 
-    from wsss.workflow import stage_sources
-
-    code = hashlib.sha256()
-    for path in sorted(stage_sources(stage)):
-        code.update(Path(path).read_bytes())
     files = {}
     for name, path in sorted(inputs.items()):
         st = Path(path).stat()
         files[name] = [st.st_size, st.st_mtime_ns]
-    return {"code": code.hexdigest()[:16], "inputs": files}
+    return {"code": code_hash(stage), "inputs": files}
