@@ -71,3 +71,17 @@ def test_hub_setting_is_left_to_the_user():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.strip()
     assert out == "unset"
+
+
+def test_registry_names_the_key_and_the_known_names():
+    from wsss.registry import Registry
+
+    reg: Registry[int] = Registry("fusion variant", "fusion")
+    reg.register("a")(1)
+    reg.register("b")(2)
+    assert reg.get("b") == 2 and reg.names() == ("a", "b") and "a" in reg and "c" not in reg
+    with pytest.raises(ConfigError, match=r"config key fusion: unknown fusion variant 'c' "
+                                          r"\(known: a, b\)"):
+        reg.get("c")
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a")(3)
