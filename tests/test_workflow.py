@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -160,3 +161,63 @@ def test_corrupt_image_stops_extraction_with_its_name(tiny_run, tmp_path):
     assert Path(first).name in proc.stdout + proc.stderr
     assert not (run / "cams/train.h5").exists()
     assert not list((run / "cams").glob(".*tmp"))
+
+
+def insert_statement(path: Path, function: str, statement: str) -> None:
+    """Insert ``statement`` as the first statement (after the docstring) of a top-level
+    function, or of the first method, of ``function`` (a class)."""
+    import ast
+
+    lines = path.read_text().splitlines(keepends=True)
+    node = next(n for n in ast.parse("".join(lines)).body if getattr(n, "name", None) == function)
+    if isinstance(node, ast.ClassDef):
+        node = next(n for n in node.body if isinstance(n, ast.FunctionDef))
+    body = node.body[1:] if isinstance(node.body[0], ast.Expr) and len(node.body) > 1 \
+        else node.body
+    lines.insert(body[0].lineno - 1, " " * body[0].col_offset + statement + "\n")
+    path.write_text("".join(lines))
+
+
+def test_touching_code_reruns_nothing(tiny_run):
+    """A touched module (a git checkout round trip) is not a change: nothing reruns."""
+    errors = ROOT / "wsss/errors.py"
+    os.utime(errors)
+    assert planned_jobs(smk(tiny_run, "-n")) == set()
+
+
+def test_execution_settings_rerun_nothing(tiny_run):
+    """Worker counts and checkpoint frequency change how a stage runs, not what it computes."""
+    jobs = planned_jobs(smk(tiny_run, "-n", config=(
+        "classifier={num_workers: 2, save_every_steps: 7}",
+        "segmentation={num_workers: 3, save_every_steps: 2}", "irn={num_workers: 2}")))
+    assert jobs == set()
+
+
+def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path):
+    """An edit of a function fuse_cams reaches reruns fuse_cams and what depends on it (a copy
+    of the workflow and package, with this run's metadata, is edited; the run is not)."""
+    repo = tmp_path / "repo"
+    for name in ("Snakefile", "config.yaml", "workflow", "wsss", "envs"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    shutil.copytree(ROOT / ".snakemake/metadata", repo / ".snakemake/metadata")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile"),
+           "--directory", str(repo), "--cores", "2", "-n", "--configfile",
+           str(repo / "workflow/presets/tiny.yaml"), "--config", f"results={tiny_run}"]
+    before = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert planned_jobs(before) == set(), before.stdout[-2000:] + before.stderr[-2000:]
+    # a function fuse_cams reaches and no upstream stage does
+    from wsss.codehash import module_file, reachable
+
+    upstream = set().union(*(reachable(f"wsss.stages.{s}")[0] for s in (
+        "prepare_data", "train_classifier", "extract_cams")))
+    module, function = sorted(d for d in reachable("wsss.stages.fuse_cams")[0]
+                              if d not in upstream and not d[0].startswith("wsss.stages"))[0]
+    target = repo / module_file(module).relative_to(ROOT)
+    insert_statement(target, function, "_edited = True")
+    after = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert planned_jobs(after) == {"fuse_cams", "eval_seeds"} | DOWNSTREAM_OF_SEEDS, \
+        after.stdout[-3000:]
