@@ -52,6 +52,8 @@ def _message(error: jsonschema.ValidationError) -> str:
         return "unknown key"
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "pattern" and error.schema.get("description"):
+        return f"{error.instance!r} is not allowed: {error.schema['description']}"
     return error.message
 
 

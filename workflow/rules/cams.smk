@@ -27,9 +27,9 @@ rule extract_cams:
             },
         ),
     shell:
-        "python -m wsss extract_cams --input model={input.model} --input split={input.split}"
-        " --output cams={output.cams} --params {params.cfg:q} --options {params.opts:q}"
-        " --threads {threads} --log {log}"
+        "python -m wsss extract_cams --input model={input.model:q} --input split={input.split:q}"
+        " --output cams={output.cams:q} --params {params.cfg:q} --options {params.opts:q}"
+        " --threads {threads} --log {log:q}"
 
 
 rule fuse_cams:
@@ -51,8 +51,8 @@ rule fuse_cams:
     params:
         **stage_params("fuse_cams", {"fusion": config["fusion"]}),
     shell:
-        "python -m wsss fuse_cams --input cams={input.cams} --output seeds={output.seeds}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss fuse_cams --input cams={input.cams:q} --output seeds={output.seeds:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
 
 
 rule eval_seeds:
@@ -83,6 +83,6 @@ rule eval_seeds:
             },
         ),
     shell:
-        "python -m wsss eval_seeds --input cams={input.cams} --input seeds={input.seeds}"
-        " --input split={input.split} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss eval_seeds --input cams={input.cams:q} --input seeds={input.seeds:q}"
+        " --input split={input.split:q} --output metrics={output.metrics:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"

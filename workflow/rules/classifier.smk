@@ -27,6 +27,6 @@ rule train_classifier:
             },
         ),
     shell:
-        "python -m wsss train_classifier --input train={input.train}"
-        " --output model={output.model} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss train_classifier --input train={input.train:q}"
+        " --output model={output.model:q} --output metrics={output.metrics:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"

@@ -20,6 +20,6 @@ rule prepare_data:
             "prepare_data", {k: v for k, v in config["dataset"].items() if k != "max_side"}
         ),
     shell:
-        "python -m wsss prepare_data --output train={output.train} --output val={output.val}"
-        " --output classes={output.classes}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss prepare_data --output train={output.train:q} --output val={output.val:q}"
+        " --output classes={output.classes:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"

@@ -22,11 +22,11 @@ rule make_ir_labels:
             "make_ir_labels", {"ir_labels": config["ir_labels"], "classes": classes_params()}
         ),
     shell:
-        "python -m wsss make_ir_labels --input seeds={input.seeds} --input cams={input.cams}"
-        " --input split={input.split} --output labels={output.labels}"
-        " --output metrics={output.metrics} --params {params.cfg:q} --options {params.opts:q}"
+        "python -m wsss make_ir_labels --input seeds={input.seeds:q} --input cams={input.cams:q}"
+        " --input split={input.split:q} --output labels={output.labels:q}"
+        " --output metrics={output.metrics:q} --params {params.cfg:q} --options {params.opts:q}"
         " --threads {threads}"
-        " --log {log}"
+        " --log {log:q}"
 
 
 rule train_irn:
@@ -59,9 +59,9 @@ rule train_irn:
             },
         ),
     shell:
-        "python -m wsss train_irn --input labels={input.labels} --input split={input.split}"
-        " --output model={output.model} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss train_irn --input labels={input.labels:q} --input split={input.split:q}"
+        " --output model={output.model:q} --output metrics={output.metrics:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
 
 
 rule make_pseudo_masks:
@@ -97,11 +97,11 @@ rule make_pseudo_masks:
             },
         ),
     shell:
-        "python -m wsss make_pseudo_masks --input irn={input.irn} --input seeds={input.seeds}"
-        " --input cams={input.cams} --input ir_labels={input.ir_labels}"
-        " --input split={input.split} --output masks={output.masks}"
-        " --output png={output.png} --params {params.cfg:q} --options {params.opts:q}"
-        " --threads {threads} --log {log}"
+        "python -m wsss make_pseudo_masks --input irn={input.irn:q} --input seeds={input.seeds:q}"
+        " --input cams={input.cams:q} --input ir_labels={input.ir_labels:q}"
+        " --input split={input.split:q} --output masks={output.masks:q}"
+        " --output png={output.png:q} --params {params.cfg:q} --options {params.opts:q}"
+        " --threads {threads} --log {log:q}"
 
 
 rule eval_masks:
@@ -124,7 +124,7 @@ rule eval_masks:
     params:
         **stage_params("eval_masks", {"classes": classes_params()}),
     shell:
-        "python -m wsss eval_masks --input masks={input.masks} --input split={input.split}"
-        " --output metrics={output.metrics} --params {params.cfg:q} --options {params.opts:q}"
+        "python -m wsss eval_masks --input masks={input.masks:q} --input split={input.split:q}"
+        " --output metrics={output.metrics:q} --params {params.cfg:q} --options {params.opts:q}"
         " --threads {threads}"
-        " --log {log}"
+        " --log {log:q}"

@@ -58,13 +58,13 @@ rule report:
             },
         ),
     shell:
-        "python -m wsss report --input seeds_metrics={input.seeds_metrics}"
-        " --input ir_metrics={input.ir_metrics} --input masks_metrics={input.masks_metrics}"
-        " --input seg_metrics={input.seg_metrics} --input split={input.split}"
-        " --input seg_split={input.seg_split} --input classes={input.classes}"
-        " --input seeds={input.seeds} --input ir_labels={input.ir_labels}"
-        " --input masks={input.masks} --input model={input.model}"
-        " --output summary={output.summary} --output stages_plot={output.stages_plot}"
-        " --output classes_plot={output.classes_plot} --output overlays={output.overlays}"
-        " --output warnings={output.warnings}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss report --input seeds_metrics={input.seeds_metrics:q}"
+        " --input ir_metrics={input.ir_metrics:q} --input masks_metrics={input.masks_metrics:q}"
+        " --input seg_metrics={input.seg_metrics:q} --input split={input.split:q}"
+        " --input seg_split={input.seg_split:q} --input classes={input.classes:q}"
+        " --input seeds={input.seeds:q} --input ir_labels={input.ir_labels:q}"
+        " --input masks={input.masks:q} --input model={input.model:q}"
+        " --output summary={output.summary:q} --output stages_plot={output.stages_plot:q}"
+        " --output classes_plot={output.classes_plot:q} --output overlays={output.overlays:q}"
+        " --output warnings={output.warnings:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"

@@ -31,9 +31,10 @@ rule train_segmentation:
             },
         ),
     shell:
-        "python -m wsss train_segmentation --input masks={input.masks} --input split={input.split}"
-        " --output model={output.model} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss train_segmentation --input masks={input.masks:q}"
+        " --input split={input.split:q}"
+        " --output model={output.model:q} --output metrics={output.metrics:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
 
 
 rule predict:
@@ -66,9 +67,9 @@ rule predict:
             },
         ),
     shell:
-        "python -m wsss predict --input model={input.model} --input split={input.split}"
-        " --output predictions={output.predictions} --output png={output.png}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss predict --input model={input.model:q} --input split={input.split:q}"
+        " --output predictions={output.predictions:q} --output png={output.png:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
 
 
 rule eval_segmentation:
@@ -91,6 +92,6 @@ rule eval_segmentation:
     params:
         **stage_params("eval_segmentation", {"classes": classes_params()}),
     shell:
-        "python -m wsss eval_segmentation --input predictions={input.predictions}"
-        " --input split={input.split} --output metrics={output.metrics}"
-        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log}"
+        "python -m wsss eval_segmentation --input predictions={input.predictions:q}"
+        " --input split={input.split:q} --output metrics={output.metrics:q}"
+        " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
