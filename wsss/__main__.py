@@ -34,6 +34,25 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _remove_stale_temps(outputs: object, log: logging.Logger) -> None:
+    """Remove what a killed earlier run of this stage left half-written: the atomic writers'
+    temporary siblings of its outputs and of the resume state next to them (``_state/``)."""
+    from pathlib import Path
+
+    from wsss.io.atomic import remove_stale_temps
+
+    for output in outputs:  # type: ignore[attr-defined]
+        path = Path(output)
+        removed = remove_stale_temps(path)
+        state = path.parent / "_state"  # this stage's own resume state (train_*)
+        if state.is_dir():
+            for stale in state.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+        for stale in removed:
+            log.info("removed %s, left by an interrupted run", stale)
+
+
 def _merge(base: dict, extra: dict) -> dict:
     """``base`` with ``extra`` merged in recursively (dicts merge, other values replace)."""
     out = dict(base)
@@ -99,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     log.info("stage %s: inputs %s outputs %s threads %d", args.stage, args.input, args.output,
              args.threads)
+    outputs = _pairs(args.output, "--output")
+    _remove_stale_temps(outputs.values(), log)
     try:
-        module.run(_pairs(args.input, "--input"), _pairs(args.output, "--output"), params,
-                   threads=args.threads)
+        module.run(_pairs(args.input, "--input"), outputs, params, threads=args.threads)
     except WsssError as exc:
         log.error("error: %s", exc)
         print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)

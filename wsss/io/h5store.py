@@ -25,9 +25,13 @@ import h5py
 import numpy as np
 
 from wsss.errors import DataError
-from wsss.io.atomic import atomic_path
+from wsss.io.atomic import atomic_path, disk_full_error, free_bytes, is_disk_full
 
 FORMAT_VERSION = 1
+# Free space kept beyond twice an image's raw size before writing it: HDF5 buffers writes and,
+# when the disk fills, fails in its destructors and can crash the process (seen with h5py 3.16 on
+# a full tmpfs), so the writer stops cleanly before that.
+SPACE_RESERVE = 1 << 20
 
 
 def _compressed(group: h5py.Group, name: str, data: np.ndarray, dtype: Any) -> None:
@@ -50,7 +54,13 @@ class H5Writer:
     def __enter__(self) -> H5Writer:
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
-        self._file = h5py.File(tmp, "w")
+        self._dir = tmp.parent
+        try:
+            self._file = h5py.File(tmp, "w")
+        except BaseException as exc:
+            # the atomic context removes the temporary file and names a full disk
+            if not self._ctx.__exit__(type(exc), exc, exc.__traceback__):
+                raise
         self._file.attrs.update({"kind": self.kind, "classes": json.dumps(self.classes),
                                  "meta": json.dumps(self.meta, sort_keys=True),
                                  "format_version": FORMAT_VERSION})
@@ -61,14 +71,29 @@ class H5Writer:
             maps: dict[str, np.ndarray], dtypes: dict[str, Any] | None = None,
             infer_size: tuple[int, int] | None = None) -> None:
         """Store one image: its (H, W), class keys and named maps (float16 unless in ``dtypes``)
-        and, when given, the (h, w) at which the network saw it (``infer_size`` attribute)."""
-        g = self._images.create_group(image_id)
-        g.attrs["size"] = np.asarray(size, dtype=np.int32)
-        if infer_size is not None:
-            g.attrs["infer_size"] = np.asarray(infer_size, dtype=np.int32)
-        g.create_dataset("keys", data=np.asarray(keys, dtype=np.int16))
-        for name, arr in maps.items():
-            _compressed(g, name, arr, (dtypes or {}).get(name, np.float16))
+        and, when given, the (h, w) at which the network saw it (``infer_size`` attribute).
+
+        Raises:
+            DataError: "no space left on device while writing <store>" when the free space is
+                below twice the image's raw size plus 1 MiB (checked before writing it).
+        """
+        dtypes = dtypes or {}
+        raw = sum(np.asarray(a).size * np.dtype(dtypes.get(n, np.float16)).itemsize
+                  for n, a in maps.items())
+        if free_bytes(self._dir) < 2 * raw + SPACE_RESERVE:
+            raise disk_full_error(self.path)
+        try:
+            g = self._images.create_group(image_id)
+            g.attrs["size"] = np.asarray(size, dtype=np.int32)
+            if infer_size is not None:
+                g.attrs["infer_size"] = np.asarray(infer_size, dtype=np.int32)
+            g.create_dataset("keys", data=np.asarray(keys, dtype=np.int16))
+            for name, arr in maps.items():
+                _compressed(g, name, arr, dtypes.get(name, np.float16))
+        except (OSError, RuntimeError) as exc:
+            if is_disk_full(exc, self._dir):
+                raise disk_full_error(self.path) from exc
+            raise
         self._ids.append(image_id)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
