@@ -15,7 +15,8 @@ definition of the same module or of a ``wsss`` module it imports (``from wsss.x 
 ``import wsss.x as m`` + ``m.y``, ``from wsss import x`` + ``x.y``). A class is reached whole
 (every method, its bases and decorators). A module's top-level statements that are not
 definitions (constants, registries, ``import``-time code) belong to every definition of that
-module, and so does each package ``__init__.py`` on the way. A definition whose decorator
+module, and so do each package ``__init__.py`` on the way and the top-level code of every
+``wsss`` module it imports (importing runs it). A definition whose decorator
 mentions a reached name (a registry's ``register``) is reached too, so registered builders
 count for the stage that looks them up. Nothing outside ``wsss`` is hashed (library versions are
 the environment's business).
@@ -85,6 +86,7 @@ class ModuleInfo:
     defs: dict[str, ast.AST] = field(default_factory=dict)
     other: list[ast.AST] = field(default_factory=list)
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # alias -> target
+    imported: set[str] = field(default_factory=set)  # wsss modules its imports execute
 
     def dump(self, node: ast.AST) -> str:
         """A stable text of a node's syntax tree (no positions)."""
@@ -111,6 +113,7 @@ def parse_module(module: str) -> ModuleInfo | None:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
+                    info.imported.add(alias.name)
                     if alias.asname:
                         info.imports[alias.asname] = (alias.name, None)
                     else:  # `import wsss.a.b` binds `wsss`; chains resolve from the root
@@ -124,9 +127,11 @@ def parse_module(module: str) -> ModuleInfo | None:
                 base = ".".join([*parent, *([base] if base else [])])
             if base.split(".")[0] != PACKAGE:
                 continue
+            info.imported.add(base)
             for alias in node.names:
                 target = f"{base}.{alias.name}"
                 if module_file(target) is not None:  # `from wsss.a import b` (a module)
+                    info.imported.add(target)
                     info.imports[alias.asname or alias.name] = (target, None)
                 else:
                     info.imports[alias.asname or alias.name] = (base, alias.name)
@@ -166,6 +171,16 @@ def _resolve(info: ModuleInfo, chain: tuple[str, ...]) -> list[Def | str]:
     return [module]
 
 
+def _assigned(info: ModuleInfo) -> set[str]:
+    """The names a module's top-level assignments bind (constants, registries)."""
+    out: set[str] = set()
+    for node in info.other:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        out |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return out
+
+
 def _packages(module: str) -> list[str]:
     """The package ``__init__`` modules imported on the way to ``module`` (``wsss``, ``wsss.a``)."""
     parts = module.split(".")
@@ -188,6 +203,7 @@ def reachable(module: str, name: str = "run") -> tuple[set[Def], set[str]]:
                     continue
                 modules.add(item)
                 todo.extend(_packages(item))
+                todo.extend(info.imported)  # importing runs their top-level code
                 for node in info.other:
                     for chain in _names(node):
                         todo.extend(_resolve(info, chain))
@@ -209,7 +225,9 @@ def reachable(module: str, name: str = "run") -> tuple[set[Def], set[str]]:
                 if (mod, dname) in defs:
                     continue
                 decorators = getattr(node, "decorator_list", [])
-                hits = [r for d in decorators for c in _names(d) for r in _resolve(info, c)]
+                # a registry assigned in this module (`FUSIONS = Registry(...)`) is module code
+                hits = [r for d in decorators for c in _names(d)
+                        for r in (_resolve(info, c) or ([mod] if c[0] in _assigned(info) else []))]
                 if any(r in defs or r in modules for r in hits if isinstance(r, tuple)) or any(
                         isinstance(r, str) and r in modules for r in hits):
                     todo.append((mod, dname))
