@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.config import validate_config
+from wsss.errors import ConfigError
+from wsss.refine.mask_rules import background_power, mask_rule, masks_from_walk
 from wsss.refine.paths import (
     affinity_loss,
     pair_affinity,
@@ -13,9 +16,6 @@ from wsss.refine.paths import (
     path_pixels,
     search_offsets,
 )
-from wsss.config import validate_config
-from wsss.errors import ConfigError
-from wsss.refine.mask_rules import background_power, mask_rule, masks_from_walk
 from wsss.refine.random_walk import dense_random_walk, sparse_random_walk
 
 # IRN's walk (beta 10, 2^8 steps, radius 5: the masks section's defaults)

@@ -1,6 +1,6 @@
 """Segmentation metrics: a streaming confusion matrix, per-class IoU and mIoU.
 
-Conventions (REFERENCE.md section 3): pixels whose ground truth is 255 are ignored; a
+Conventions (docs/conventions.md, mIoU): pixels whose ground truth is 255 are ignored; a
 *prediction* of 255 counts as background (IRN's evaluator). IoU_c = TP / (TP + FP + FN). A class
 absent from both ground truth and prediction has IoU NaN and is skipped by the mean (nanmean), so
 mIoU is the mean over classes that occur in the ground truth or the prediction.

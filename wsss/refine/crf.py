@@ -1,7 +1,8 @@
 """Dense CRF wrappers around pydensecrf (pydensecrf2): label and softmax unaries.
 
-Settings in use are listed in REFERENCE.md section 7. Both functions are pure and deterministic
-(mean-field inference has no randomness); the image is passed C-contiguous and writable.
+Settings in use are listed in docs/conventions.md (CRF settings in use). Both functions are
+pure and deterministic (mean-field inference has no randomness); the image is passed
+C-contiguous and writable.
 """
 
 from __future__ import annotations
