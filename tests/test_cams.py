@@ -171,7 +171,7 @@ def test_h5_writer_leaves_nothing_on_error(tmp_path):
 
 
 def test_quantize_bounds_error():
-    from wsss.stages.extract_cams import quantize
+    from wsss.cams.extract import quantize
 
     x = torch.rand(3, 17, 19)
     q = quantize(x, 512)
