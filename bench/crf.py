@@ -33,7 +33,7 @@ from wsss.data.table import read_split_csv, write_split_csv  # noqa: E402
 from wsss.errors import DataError  # noqa: E402
 from wsss.io.h5store import H5Reader, H5Writer  # noqa: E402
 from wsss.refine.ir_labeller import Labeller, Task, label_images  # noqa: E402
-from wsss.refine.ir_labels import IrSettings  # noqa: E402
+from wsss.refine.ir_labels import THRESHOLD_RULES, IrSettings  # noqa: E402
 
 # the schema's ir_labels section (IRN's CRF, CoBra's attention rule), threshold rule fixed
 SECTION = validate_config({"ir_labels": {"threshold": "fixed"}})["ir_labels"]
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=None, help="images per task (default: auto)")
-    ap.add_argument("--threshold", choices=["auto", "attention", "fixed", "gmm"], default="auto")
+    ap.add_argument("--threshold", choices=["auto", *THRESHOLD_RULES.names()], default="auto")
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     seeds, cams, split = (run_dir / "seeds/train.h5", run_dir / "cams/train.h5",
