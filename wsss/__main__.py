@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         handlers.append(logging.StreamHandler(log_stream))
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.WARNING)
+        # the final error goes to the log only: the console gets one printed line instead
+        console.addFilter(lambda record: not getattr(record, "log_only", False))
         handlers.append(console)
         sys.stderr = log_stream  # tqdm and warnings go to the log file
     else:
@@ -107,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         module.run(_pairs(args.input, "--input"), _pairs(args.output, "--output"), params,
                    threads=args.threads)
     except WsssError as exc:
-        log.error("error: %s", exc)
+        log.error("error: %s", exc, extra={"log_only": True})
         print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)
         return 2
     except Exception as exc:
-        log.exception("stage %s failed after %.1f s", args.stage, time.time() - t0)
+        log.exception("stage %s failed after %.1f s", args.stage, time.time() - t0,
+                      extra={"log_only": True})
         if args.log:  # the console gets one line, the log the traceback
             first = str(exc).splitlines()[0] if str(exc) else ""
             print(f"wsss {args.stage}: unexpected {type(exc).__name__}: {first}; see {args.log} "
