@@ -207,6 +207,12 @@ def test_threshold_rules_registry():
         threshold_rule(IrSettings.from_section({**SECTION, "threshold": "otsu"}))
     assert threshold_advice("attention", "background").startswith(
         "raise ir_labels.attention.percentile")
+    # gmm per image falls back to the fixed pair on a degenerate image: it must be usable
+    swapped = {"fixed": {"fg": 0.1, "bg": 0.2}}
+    with pytest.raises(ConfigError, match=r"ir_labels\.fixed\.fg: 0\.1 must be greater"):
+        check_consistency(validate_config({"ir_labels": {
+            "threshold": "gmm", "gmm": {"per_image": True}, **swapped}}))
+    check_consistency(validate_config({"ir_labels": {"threshold": "gmm", **swapped}}))
 
 
 def _at(section, path):

@@ -56,10 +56,7 @@ def check_consistency(config: Mapping[str, Any]) -> None:
     if config["predict"]["split"] not in SPLITS:
         raise ConfigError(f"config key predict.split: {config['predict']['split']!r} is not one "
                           f"of the prepared splits {', '.join(SPLITS)}")
-    fixed = config["ir_labels"]["fixed"]
-    if config["ir_labels"]["threshold"] == "fixed" and fixed["fg"] <= fixed["bg"]:
-        raise ConfigError(f"config key ir_labels.fixed.fg: {fixed['fg']} must be greater than "
-                          f"ir_labels.fixed.bg ({fixed['bg']})")
+    THRESHOLD_RULES.get(rule).check(config["ir_labels"])
 
 
 def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

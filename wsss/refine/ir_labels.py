@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from wsss.cams.thresholds import attention_threshold
 from wsss.data.classes import IGNORE_INDEX
-from wsss.errors import DataError
+from wsss.errors import ConfigError, DataError
 from wsss.io.h5store import H5Reader
 from wsss.refine.crf import CrfSettings, label_crf
 from wsss.refine.gmm import gmm_fit
@@ -135,6 +135,14 @@ class ThresholdRule:
     def __init__(self, settings: IrSettings) -> None:
         self.settings = settings
 
+    @classmethod
+    def check(cls, section: Mapping[str, Any]) -> None:
+        """Check what the schema cannot in a validated ``ir_labels`` section (at parse time).
+
+        Raises:
+            ConfigError: naming the key.
+        """
+
     def for_split(self, seeds: H5Reader, ids: Sequence[str], source: str) -> Thresholds | None:
         """One pair for every image of the split (``source`` names the seed store in errors),
         or None when the rule sets them per image."""
@@ -177,6 +185,12 @@ class GmmThresholds(ThresholdRule):
     advice = {"foreground": "lower ir_labels.gmm.confidence",
               "background": "lower ir_labels.gmm.confidence"}
 
+    @classmethod
+    def check(cls, section: Mapping[str, Any]) -> None:
+        """Per image, a degenerate image falls back to the ``fixed`` pair: check it."""
+        if section["gmm"]["per_image"]:
+            FixedThresholds.check(section)
+
     def for_split(self, seeds: H5Reader, ids: Sequence[str], source: str) -> Thresholds | None:
         """The split-wide fit (None with ``gmm.per_image``).
 
@@ -216,6 +230,18 @@ class FixedThresholds(ThresholdRule):
     """IRN's constant pair (conf_fg_thres, conf_bg_thres) for every image."""
 
     advice = {"foreground": "lower ir_labels.fixed.fg", "background": "raise ir_labels.fixed.bg"}
+
+    @classmethod
+    def check(cls, section: Mapping[str, Any]) -> None:
+        """fg must be greater than bg.
+
+        Raises:
+            ConfigError: naming ``ir_labels.fixed.fg``.
+        """
+        fixed = section["fixed"]
+        if fixed["fg"] <= fixed["bg"]:
+            raise ConfigError(f"config key ir_labels.fixed.fg: {fixed['fg']} must be greater "
+                              f"than ir_labels.fixed.bg ({fixed['bg']})")
 
     def for_split(self, seeds: H5Reader, ids: Sequence[str], source: str) -> Thresholds | None:
         """The configured ``fixed`` pair."""
