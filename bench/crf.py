@@ -27,21 +27,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wsss  # noqa: E402,F401
+from wsss.config import validate_config  # noqa: E402
 from wsss.data.classes import DEMO_CLASSES  # noqa: E402
 from wsss.data.table import read_split_csv, write_split_csv  # noqa: E402
 from wsss.errors import DataError  # noqa: E402
 from wsss.io.h5store import H5Reader, H5Writer  # noqa: E402
-from wsss.refine.ir_labels import parse_ir_config  # noqa: E402
-from wsss.stages.make_ir_labels import Labeller, Task, label_images  # noqa: E402
+from wsss.refine.ir_labeller import Labeller, Task, label_images  # noqa: E402
+from wsss.refine.ir_labels import THRESHOLD_RULES, IrSettings  # noqa: E402
 
-SECTION = {
-    "threshold": "fixed",
-    "attention": {"percentile": 93, "grid": 0.05, "gap": 0.5},
-    "gmm": {"per_image": False, "sample_pixels": 200000, "confidence": 0.9, "floor": 0.05},
-    "fixed": {"fg": 0.30, "bg": 0.05},
-    "crf": {"gt_prob": 0.7, "gauss_sxy": 3, "gauss_compat": 3, "bilateral_sxy": 50,
-            "bilateral_srgb": 5, "bilateral_compat": 10, "iterations": 10},
-}
+# the schema's ir_labels section (IRN's CRF, CoBra's attention rule), threshold rule fixed
+SECTION = validate_config({"ir_labels": {"threshold": "fixed"}})["ir_labels"]
 
 
 def synthesise(root: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
@@ -98,7 +93,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=None, help="images per task (default: auto)")
-    ap.add_argument("--threshold", choices=["auto", "attention", "fixed", "gmm"], default="auto")
+    ap.add_argument("--threshold", choices=["auto", *THRESHOLD_RULES.names()], default="auto")
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     seeds, cams, split = (run_dir / "seeds/train.h5", run_dir / "cams/train.h5",
@@ -121,10 +116,10 @@ def main() -> None:
         section["threshold"] = mode
         if mode == "gmm":
             section["gmm"]["per_image"] = True  # per-image fits run in the workers too
-        cfg = parse_ir_config(section)
-        fixed = (cfg.fixed_bg, cfg.fixed_fg) if mode == "fixed" else (None, None)
-        tasks = [Task(i, by_id[i].image, by_id[i].mask, *fixed) for i in ids]
-        labeller = Labeller(seeds, cams if mode == "attention" else None, cfg)
+        cfg = IrSettings.from_section(section)
+        labeller = Labeller(seeds, cams, cfg)
+        split = labeller.rule.for_split(labeller.seeds, ids, str(seeds))
+        tasks = [Task(i, by_id[i].image, by_id[i].mask, split) for i in ids]
 
         def parallel() -> list:
             stream = label_images(tasks, labeller, args.workers, args.chunk)

@@ -82,7 +82,7 @@ def main() -> None:
     mean, std = input_normalization(model)
 
     def maps(fn, x):  # noqa: ANN001, ANN202
-        return multiscale_maps(fn, x, scales, mean=mean, std=std)
+        return multiscale_maps(fn, x, scales, cfg["cams"]["flip"], mean=mean, std=std)
 
     with torch.inference_mode():
         a = maps(one, batches[0])

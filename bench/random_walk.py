@@ -61,7 +61,7 @@ def _run(method: str, size: tuple[int, int], seed: int, repeats: int, threads: i
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        out = fn(cams, edge)
+        out = fn(cams, edge, beta=10, exp_times=8, radius=5)
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"times": times, "peak_mib": (peak - base) / 1024, "base_mib": base / 1024,

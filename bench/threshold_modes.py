@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from wsss.config import validate_config  # noqa: E402
 from wsss.data.dataset_classes import classes_for  # noqa: E402
+from wsss.refine.ir_labels import THRESHOLD_RULES  # noqa: E402
 
 
 def stage(name: str, inputs: dict[str, Path], outputs: dict[str, Path], params: dict,
@@ -55,7 +56,7 @@ def main() -> None:
     """Run the refinement for each mode and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configfile", default=str(ROOT / "config.yaml"))
-    parser.add_argument("--modes", nargs="+", default=["attention", "gmm", "fixed"])
+    parser.add_argument("--modes", nargs="+", default=list(THRESHOLD_RULES.names()))
     parser.add_argument("--rules", nargs="+", default=None,
                         help="mask rules to compare (default: the config's masks.rule)")
     parser.add_argument("--threads", type=int, default=2)

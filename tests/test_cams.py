@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.cams.fuse import available_fusions, fuse_maps
+from wsss.cams.fuse import available_fusions, fuse_maps, fusion_needs
 from wsss.cams.multiscale import (
     multiscale_maps,
     normalize_by_max,
@@ -14,9 +14,9 @@ from wsss.cams.multiscale import (
     strided_up_size,
 )
 from wsss.cams.thresholds import attention_threshold, labels_at_threshold, snap_down
+from wsss.errors import ConfigError
 from wsss.io.h5store import H5Reader, H5Writer
-from wsss.metrics import confusion
-from wsss.stages.eval_seeds import sweep_confusions
+from wsss.metrics import confusion, sweep_confusions
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -100,15 +100,23 @@ def test_rescale_matches_pil_bicubic(photo):
 def test_fusion_variants_hand_computed():
     cnn = np.array([[[1.0, 0.2, 0.0]]])
     tran = np.array([[[0.5, 1.0, 0.4]]])
+    maps = {"cnn": cnn, "tran": tran}
     # fuse = max((cnn + tran)/2, tran) = max([0.75, 0.6, 0.2], [0.5, 1.0, 0.4]) = [.75, 1, .4]
-    assert np.allclose(fuse_maps(cnn, tran, "fuse"), [[[0.75, 1.0, 0.4]]], atol=1e-4)
-    assert np.allclose(fuse_maps(cnn, tran, "max"), [[[1.0, 1.0, 0.4]]], atol=1e-4)
+    assert np.allclose(fuse_maps(maps, "fuse"), [[[0.75, 1.0, 0.4]]], atol=1e-4)
+    assert np.allclose(fuse_maps(maps, "max"), [[[1.0, 1.0, 0.4]]], atol=1e-4)
     # avg = [0.75, 0.6, 0.2], renormalised by its max 0.75
-    assert np.allclose(fuse_maps(cnn, tran, "avg"), [[[1.0, 0.8, 0.2 / 0.75]]], atol=1e-4)
-    assert np.allclose(fuse_maps(cnn, tran, "cnn"), cnn, atol=1e-4)
+    assert np.allclose(fuse_maps(maps, "avg"), [[[1.0, 0.8, 0.2 / 0.75]]], atol=1e-4)
+    assert np.allclose(fuse_maps(maps, "cnn"), cnn, atol=1e-4)
+    assert np.allclose(fuse_maps({"tran": tran}, "tran"), tran / 1.00001)
+    assert fuse_maps(maps, "fuse").dtype == np.float32
     assert available_fusions({"cnn"}) == ["cnn"]
-    with pytest.raises(ValueError):
-        fuse_maps(cnn, None, "fuse")
+    assert available_fusions({"cnn", "tran"}) == ["fuse", "cnn", "tran", "avg", "max"]
+    assert [fusion_needs(v) for v in ("fuse", "cnn", "tran")] == [
+        ("cnn", "tran"), ("cnn",), ("tran",)]
+    with pytest.raises(ValueError, match="needs maps"):
+        fuse_maps({"cnn": cnn, "tran": None}, "fuse")
+    with pytest.raises(ConfigError, match=r"config key fusion: unknown fusion variant 'mean'"):
+        fuse_maps(maps, "mean")
 
 
 def test_snap_and_attention_threshold():
@@ -163,7 +171,7 @@ def test_h5_writer_leaves_nothing_on_error(tmp_path):
 
 
 def test_quantize_bounds_error():
-    from wsss.stages.extract_cams import quantize
+    from wsss.cams.extract import quantize
 
     x = torch.rand(3, 17, 19)
     q = quantize(x, 512)

@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from wsss.config import validate_config
+from wsss.data import prepare
 from wsss.data.classes import DEMO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_palette
 from wsss.data.coverage import read_class_table
+from wsss.data.dataset_classes import classes_for
 from wsss.data.demo import HABITATS, HOME_HABITAT, generate_demo, plan_demo_image
 from wsss.data.folder import folder_records
 from wsss.data.table import (
@@ -365,20 +367,25 @@ def test_voc12_records(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- prepare_data stage
 
 
+def _dataset(**section: object) -> dict:
+    """A validated ``dataset`` section (schema defaults for what is not given)."""
+    return validate_config({"dataset": section})["dataset"]
+
+
 def test_classes_for() -> None:
-    assert prepare_data.classes_for({"name": "demo"}) == list(DEMO_CLASSES)
-    assert prepare_data.classes_for({"name": "voc12"}) == list(VOC_CLASSES)
-    assert prepare_data.classes_for({"name": "folder", "classes": ["background", "a"]}) == [
+    assert classes_for({"name": "demo"}) == list(DEMO_CLASSES)
+    assert classes_for({"name": "voc12"}) == list(VOC_CLASSES)
+    assert classes_for({"name": "folder", "classes": ["background", "a"]}) == [
         "background", "a"]
     with pytest.raises(ConfigError, match=r"dataset\.classes"):
-        prepare_data.classes_for({"name": "folder", "classes": None})
+        classes_for({"name": "folder", "classes": None})
     with pytest.raises(ConfigError, match=r"dataset\.classes"):
-        prepare_data.classes_for({"name": "folder", "classes": ["a", "background"]})
+        classes_for({"name": "folder", "classes": ["a", "background"]})
 
 
 def test_prepare_demo(tmp_path: Path) -> None:
     out = _outputs(tmp_path / "data")
-    prepare_data.run({}, out, {"name": "demo", "demo": DEMO}, threads=1)
+    prepare_data.run({}, out, _dataset(name="demo", demo=DEMO), threads=1)
     train = read_split_csv(out["train"], DEMO_CLASSES)
     val = read_split_csv(out["val"], DEMO_CLASSES)
     assert len(train) == DEMO["n_train"] and len(val) == DEMO["n_val"]
@@ -400,10 +407,10 @@ def test_prepare_demo_failure_leaves_nothing(tmp_path: Path,
     def fail(*args: object, **kwargs: object) -> None:
         raise DataError("corrupt image: x.jpg")
 
-    monkeypatch.setattr(prepare_data, "validate_records", fail)
+    monkeypatch.setattr(prepare, "validate_records", fail)
     out = _outputs(tmp_path / "data")
     with pytest.raises(DataError, match="corrupt"):
-        prepare_data.run({}, out, {"name": "demo", "demo": DEMO}, threads=1)
+        prepare_data.run({}, out, _dataset(name="demo", demo=DEMO), threads=1)
     assert list((tmp_path / "data").iterdir()) == []
 
 
@@ -413,9 +420,9 @@ def test_prepare_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
     _save_image(tmp_path / "ds/img/x2.jpg", 12, 16)
     _csv(tmp_path / "ds/train.csv", "id,labels\nx1,apple\n")
     _csv(tmp_path / "ds/val.csv", "id,labels\nx2,pear\n")
-    params = {"name": "folder", "root": str(tmp_path / "ds"), "classes": classes,
-              "folder": {"images": "img", "masks": None, "train_labels": "train.csv",
-                         "val_labels": "val.csv"}}
+    params = _dataset(name="folder", root=str(tmp_path / "ds"), classes=classes,
+                      folder={"images": "img", "masks": None, "train_labels": "train.csv",
+                              "val_labels": "val.csv"})
     out = _outputs(tmp_path / "data")
     prepare_data.run({}, out, params)
     assert read_split_csv(out["val"], classes)[0].labels == (2,)
@@ -452,4 +459,4 @@ def test_prepare_voc12(tmp_path: Path) -> None:
     train = read_split_csv(out["train"], VOC_CLASSES)
     assert [r.mask.parent.name for r in train] == ["SegmentationClassAug"] * 3
     with pytest.raises(ConfigError, match=r"dataset\.root"):
-        prepare_data.run({}, out, {"name": "voc12", "root": None})
+        prepare_data.run({}, out, _dataset(name="voc12", root=None))

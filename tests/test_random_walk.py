@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.config import validate_config
+from wsss.errors import ConfigError
+from wsss.refine.mask_rules import background_power, mask_rule, masks_from_walk
 from wsss.refine.paths import (
     affinity_loss,
     pair_affinity,
@@ -14,6 +17,9 @@ from wsss.refine.paths import (
     search_offsets,
 )
 from wsss.refine.random_walk import dense_random_walk, sparse_random_walk
+
+# IRN's walk (beta 10, 2^8 steps, radius 5: the masks section's defaults)
+IRN_WALK = {"beta": 10, "exp_times": 8, "radius": 5}
 
 
 def test_search_offsets_radius_5():
@@ -183,8 +189,10 @@ def test_sparse_walk_equals_dense(radius, exp_times):
     assert sparse.shape == dense.shape == (3, 7, 9)
     assert (sparse - dense).abs().max().item() < 1e-10
     # and in float32, after normalising by the max as the caller does
-    s32 = sparse_random_walk(cams.float(), edge.float(), exp_times=exp_times, radius=radius)
-    d32 = dense_random_walk(cams.float(), edge.float(), exp_times=exp_times, radius=radius)
+    s32 = sparse_random_walk(cams.float(), edge.float(), beta=10, exp_times=exp_times,
+                             radius=radius)
+    d32 = dense_random_walk(cams.float(), edge.float(), beta=10, exp_times=exp_times,
+                            radius=radius)
     assert s32.dtype == torch.float32
     # float32 rounding differs between 256 steps and 8 squarings by ~1e-5 on this grid
     assert (s32 / s32.max() - d32 / d32.max()).abs().max().item() < 1e-4
@@ -196,18 +204,18 @@ def test_walk_edge_wall_keeps_mass_on_its_side():
     cams = torch.zeros(2, 8, 10)
     cams[0, 3, 1] = 1.0  # class 0 seeded left of the wall
     cams[1, 5, 8] = 1.0  # class 1 seeded right of the wall
-    rw = sparse_random_walk(cams, edge)
+    rw = sparse_random_walk(cams, edge, **IRN_WALK)
     assert rw[0, :, 4:].abs().max() == 0 and rw[1, :, :5].abs().max() == 0
     assert (rw[0, :, :4] > 0).all() and (rw[1, :, 5:] > 0).all()  # and spreads on its side
     # 256 steps nearly flatten each side (weak inner edges), the seed no longer dominates
     left = rw[0, :, :4]
     assert left.max() / left.min() < 1.5
-    torch.testing.assert_close(rw, dense_random_walk(cams, edge), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(rw, dense_random_walk(cams, edge, **IRN_WALK), rtol=1e-4, atol=1e-7)
 
 
 def test_walk_rejects_bad_shapes():
     with pytest.raises(ValueError):
-        sparse_random_walk(torch.zeros(2, 4, 5), torch.zeros(4, 6))
+        sparse_random_walk(torch.zeros(2, 4, 5), torch.zeros(4, 6), **IRN_WALK)
     with pytest.raises(ValueError):
         search_offsets(1)
 
@@ -216,18 +224,16 @@ def test_batched_walk_equals_per_image():
     g = torch.Generator().manual_seed(7)
     cams = torch.rand(3, 2, 6, 8, generator=g, dtype=torch.float64)
     edge = torch.rand(3, 6, 8, generator=g, dtype=torch.float64) * 0.8
-    batched = sparse_random_walk(cams, edge, exp_times=4, radius=3)
+    batched = sparse_random_walk(cams, edge, beta=10, exp_times=4, radius=3)
     assert batched.shape == cams.shape
     for b in range(3):
-        single = sparse_random_walk(cams[b], edge[b], exp_times=4, radius=3)
+        single = sparse_random_walk(cams[b], edge[b], beta=10, exp_times=4, radius=3)
         assert (batched[b] - single).abs().max().item() < 1e-12
     with pytest.raises(ValueError):
-        sparse_random_walk(cams, edge[:2])
+        sparse_random_walk(cams, edge[:2], **IRN_WALK)
 
 
 def test_background_power_crossover():
-    from wsss.stages.make_pseudo_masks import background_power
-
     assert background_power(0.5) == pytest.approx(1.0)  # (1 - t) = t at p = 1
     p = background_power(0.4)
     assert p == pytest.approx(math.log(0.4) / math.log(0.6))
@@ -236,27 +242,41 @@ def test_background_power_crossover():
     assert background_power(1.0) == pytest.approx(math.log(0.99) / math.log(0.01))
 
 
-def test_mask_rules_hand_made():
-    from wsss.stages.make_pseudo_masks import masks_from_walk, walk_channels
+def _rule(**masks):
+    return mask_rule(validate_config({"masks": masks})["masks"])
 
+
+def test_mask_rules_hand_made():
     keys = [3, 5]
     cams = torch.zeros(2, 2, 2)
     cams[0, 0, 0], cams[1, 1, 1], cams[0, 0, 1] = 0.9, 0.8, 0.3
-    chans = walk_channels(cams, "psa", 1.0)
+    psa = _rule(rule="psa", bg_power=1.0)
+    assert not psa.needs_ir_thresholds and psa.png_map == "mask_crf"
+    chans = psa.channels(cams, None)
     assert chans.shape == (3, 2, 2)
     # background = 1 - max over classes
     torch.testing.assert_close(chans[2], torch.tensor([[0.1, 0.7], [1.0, 0.2]]))
-    assert walk_channels(cams, "irn", 1.0) is cams
+    # bg_power auto: p from the image's IR-label fg threshold, (1 - t)^p = t
+    auto = _rule(rule="psa")
+    assert auto.needs_ir_thresholds
+    torch.testing.assert_close(auto.channels(cams, 0.4)[2],
+                               chans[2] ** background_power(0.4))
+    with pytest.raises(ValueError, match="fg threshold"):
+        auto.channels(cams, None)
+    irn_rule, cobra_rule = _rule(rule="irn", bg_score=0.25), _rule(rule="cobra")
+    assert irn_rule.channels(cams, None) is cams and irn_rule.png_map == "mask"
     # without walking (identity), upsampled x4 and cropped to 7x6; bilinear keeps cell centres
-    psa = masks_from_walk(chans, keys, (7, 6), "psa")
-    assert psa.shape == (7, 6) and psa.dtype == np.uint8
-    assert psa[1, 1] == 3 and psa[5, 5] == 5 and psa[5, 1] == 0 and psa[1, 5] == 0
+    labels = masks_from_walk(chans, keys, (7, 6), psa)
+    assert labels.shape == (7, 6) and labels.dtype == np.uint8
+    assert labels[1, 1] == 3 and labels[5, 5] == 5 and labels[5, 1] == 0 and labels[1, 5] == 0
     # irn: global max 0.9, bg 0.25: the 0.3 cell (0.33 after division) is class 3
-    irn = masks_from_walk(cams, keys, (8, 8), "irn", bg_score=0.25)
+    irn = masks_from_walk(cams, keys, (8, 8), irn_rule)
     assert irn[1, 5] == 3 and irn[5, 1] == 0 and irn[6, 6] == 5
+    # there the bilinear value is (0.125 * 0.9 + 0.875 * 0.3) / 0.9 = 0.417: bg 0.45 takes it
+    assert masks_from_walk(cams, keys, (8, 8), _rule(rule="irn", bg_score=0.45))[1, 5] == 0
     # cobra: class 3 keeps >= 0.31 * 0.9 + 0 = 0.279, so the 0.3 cell too; background 0
-    cobra = masks_from_walk(cams, keys, (8, 8), "cobra")
+    cobra = masks_from_walk(cams, keys, (8, 8), cobra_rule)
     assert cobra[1, 1] == 3 and cobra[1, 6] == 3 and cobra[6, 6] == 5
-    assert (masks_from_walk(cams[:0], [], (5, 5), "psa") == 0).all()
-    with pytest.raises(ValueError):
-        masks_from_walk(cams, keys, (8, 8), "nope")
+    assert (masks_from_walk(cams[:0], [], (5, 5), psa) == 0).all()
+    with pytest.raises(ConfigError, match=r"config key masks\.rule: unknown mask rule 'nope'"):
+        mask_rule({"rule": "nope"})

@@ -1,6 +1,7 @@
 """Dense CRF wrappers, IR labels (IRN merge, CoSA GMM threshold, CoBra attention rule), stage."""
 
 import copy
+import dataclasses
 
 import h5py
 import numpy as np
@@ -10,30 +11,37 @@ from PIL import Image
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from wsss.checks import check_consistency
+from wsss.config import validate_config
 from wsss.data.classes import DEMO_CLASSES
 from wsss.data.table import write_split_csv
 from wsss.errors import ConfigError, DataError
 from wsss.io.h5store import H5Reader, H5Writer
 from wsss.refine.crf import CrfSettings, label_crf, softmax_crf
+from wsss.refine.gmm import gmm_fit, gmm_thresholds
 from wsss.refine.ir_labels import (
-    attention_thresholds,
-    gmm_fit,
-    gmm_thresholds,
+    THRESHOLD_RULES,
+    IrSettings,
     ir_label,
     merge_ir,
-    parse_ir_config,
+    threshold_advice,
+    threshold_rule,
 )
 from wsss.stages import make_ir_labels
 
-SECTION = {
+# the validated section, every value spelled out (they are the schema defaults: IRN / CoBra)
+SECTION = validate_config({"ir_labels": {
     "threshold": "attention",
     "attention": {"percentile": 93, "grid": 0.05, "gap": 0.5},
     "gmm": {"per_image": False, "sample_pixels": 200000, "confidence": 0.9, "floor": 0.05},
     "fixed": {"fg": 0.30, "bg": 0.05},
     "crf": {"gt_prob": 0.7, "gauss_sxy": 3, "gauss_compat": 3, "bilateral_sxy": 50,
             "bilateral_srgb": 5, "bilateral_compat": 10, "iterations": 10},
-}
+}})["ir_labels"]
 CLASSES = list(DEMO_CLASSES)
+IRN_CRF = CrfSettings.from_section(SECTION["crf"])  # IRN's label CRF
+COSA_CRF = CrfSettings.from_section(  # CoSA's test-time softmax CRF (the predict.crf defaults)
+    validate_config({})["predict"]["crf"], label=False)
 
 
 def two_colour_image(h=32, w=48):
@@ -50,16 +58,18 @@ def test_label_crf_shapes_determinism_and_single_label():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     labels = rng.integers(0, 3, (20, 30))
-    a = label_crf(img, labels, 3)
-    b = label_crf(img.copy(), labels.copy(), 3)
+    a = label_crf(img, labels, 3, IRN_CRF)
+    b = label_crf(img.copy(), labels.copy(), 3, IRN_CRF)
     assert a.shape == (20, 30) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert a.max() < 3
-    assert not label_crf(img, np.zeros((20, 30), int), 1).any()
+    assert not label_crf(img, np.zeros((20, 30), int), 1, IRN_CRF).any()
     with pytest.raises(ValueError):
-        label_crf(img, labels, 2)  # label 2 outside [0, 2)
+        label_crf(img, labels, 2, IRN_CRF)  # label 2 outside [0, 2)
     with pytest.raises(ValueError):
-        label_crf(img[:10], labels, 3)  # size mismatch
+        label_crf(img[:10], labels, 3, IRN_CRF)  # size mismatch
+    with pytest.raises(ValueError, match="gt_prob"):
+        label_crf(img, labels, 3, COSA_CRF)  # softmax settings
 
 
 def test_softmax_crf_shapes_and_normalised():
@@ -67,15 +77,16 @@ def test_softmax_crf_shapes_and_normalised():
     img = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
     p = rng.random((4, 16, 24)).astype(np.float32)
     p /= p.sum(0, keepdims=True)
-    q = softmax_crf(img, p)
+    q = softmax_crf(img, p, COSA_CRF)
     assert q.shape == (4, 16, 24) and q.dtype == np.float32
     assert np.allclose(q.sum(0), 1, atol=1e-4)
-    assert np.array_equal(q, softmax_crf(img, p))
-    assert np.array_equal(softmax_crf(img, p[:1]), np.ones((1, 16, 24), np.float32))
+    assert np.array_equal(q, softmax_crf(img, p, COSA_CRF))
+    assert np.array_equal(softmax_crf(img, p[:1], COSA_CRF), np.ones((1, 16, 24), np.float32))
 
 
 def test_softmax_crf_snaps_soft_boundary_to_colour_edge():
     """Test-time CRF (CoSA row: Gaussian 1/1, bilateral 121/5/4) on a two-colour image."""
+    assert (COSA_CRF.gauss, COSA_CRF.bilateral, COSA_CRF.iterations) == ((1, 1), (121, 5, 4), 1)
     img = two_colour_image()
     truth = np.zeros((32, 48), dtype=np.int64)
     truth[:, 24:] = 1
@@ -84,7 +95,7 @@ def test_softmax_crf_snaps_soft_boundary_to_colour_edge():
     def errors(centre: float, spread: float, iterations: int) -> tuple[int, int]:
         p1 = np.broadcast_to(1 / (1 + np.exp(-(x - centre) / spread)), (32, 48))
         probs = np.stack([1 - p1, p1]).astype(np.float32)
-        q = softmax_crf(img, probs, gauss=(1, 1), bilateral=(121, 5, 4), iterations=iterations)
+        q = softmax_crf(img, probs, dataclasses.replace(COSA_CRF, iterations=iterations))
         return int((probs.argmax(0) != truth).sum()), int((q.argmax(0) != truth).sum())
 
     assert errors(20, 2, 1) == (32 * 3, 0)  # boundary 4 px off (x = 20 ties to background)
@@ -98,7 +109,7 @@ def test_label_crf_cleans_noisy_labels_on_separable_image():
     rng = np.random.default_rng(2)
     flip = rng.random(truth.shape) < 0.2
     noisy = np.where(flip, 1 - truth, truth)
-    out = label_crf(img, noisy, 2)
+    out = label_crf(img, noisy, 2, IRN_CRF)
     assert (noisy != truth).sum() > 200
     assert (out != truth).sum() == 0
 
@@ -118,18 +129,18 @@ def test_merge_rule_hand_made():
 
 
 def test_ir_label_two_thresholds_without_crf_smoothing():
-    no_crf = CrfSettings(iterations=0)  # unary argmax == the thresholded labels
+    no_crf = dataclasses.replace(IRN_CRF, iterations=0)  # unary argmax == the thresholded labels
     cams = np.array([[[0.9, 0.5, 0.2, 0.01]], [[0.1, 0.1, 0.1, 0.02]]], dtype=np.float32)
     img = np.zeros((1, 4, 3), dtype=np.uint8)
     out = ir_label(cams, np.array([3, 6]), img, t_fg=0.3, t_bg=0.05, crf=no_crf)
     assert out.tolist() == [[3, 3, 255, 0]]
     with pytest.raises(ValueError):
-        ir_label(cams, np.array([3, 6]), img, t_fg=0.05, t_bg=0.3)
+        ir_label(cams, np.array([3, 6]), img, t_fg=0.05, t_bg=0.3, crf=no_crf)
 
 
 def test_ir_label_no_classes_is_background():
     out = ir_label(np.zeros((0, 5, 6), np.float32), np.zeros(0, int),
-                   np.zeros((5, 6, 3), np.uint8), 0.3, 0.05)
+                   np.zeros((5, 6, 3), np.uint8), 0.3, 0.05, IRN_CRF)
     assert out.shape == (5, 6) and not out.any()
 
 
@@ -145,34 +156,75 @@ def test_gmm_threshold_recovers_bimodal_split():
     xi = brentq(lambda t: post_fg(t) - 0.5, m[0], m[1])
     bg_true = brentq(lambda t: post_fg(t) - 0.1, m[0], xi)
     fg_true = brentq(lambda t: post_fg(t) - 0.9, xi, m[1])
-    fit = gmm_fit(x, floor=0.0)
+    fit = gmm_fit(x, confidence=0.9, floor=0.0)
     assert abs(fit.split - xi) < 0.02
     assert abs(fit.means[0] - m[0]) < 0.02 and abs(fit.means[1] - m[1]) < 0.02
-    bg, fg = gmm_thresholds(x, floor=0.0)
+    bg, fg = gmm_thresholds(x, confidence=0.9, floor=0.0)
     assert (bg, fg) == (fit.bg, fit.fg)
     assert abs(bg - bg_true) < 0.02 and abs(fg - fg_true) < 0.02
     assert 0 <= bg < xi < fg <= 1
-    assert gmm_thresholds(x, floor=0.0) == (bg, fg)  # deterministic
-    assert gmm_thresholds(x[::-1].copy(), floor=0.0) == pytest.approx((bg, fg), abs=1e-9)
+    assert gmm_thresholds(x, confidence=0.9, floor=0.0) == (bg, fg)  # deterministic
+    reverse = gmm_thresholds(x[::-1].copy(), confidence=0.9, floor=0.0)
+    assert reverse == pytest.approx((bg, fg), abs=1e-9)
 
 
 def test_gmm_threshold_degenerate_raises():
     with pytest.raises(ValueError):
-        gmm_fit(np.zeros(1000))  # all at or below the floor
+        gmm_fit(np.zeros(1000), confidence=0.9, floor=0.05)  # all at or below the floor
     with pytest.raises(ValueError):
-        gmm_fit(np.full(1000, 0.4))
+        gmm_fit(np.full(1000, 0.4), confidence=0.9, floor=0.05)
 
 
 def test_attention_thresholds_clip_fg():
     attn = np.linspace(0, 1, 101)
-    cfg = parse_ir_config(SECTION)
-    bg, fg, clipped = attention_thresholds(attn, cfg)
-    assert bg == pytest.approx(0.9) and fg == 1.0 and clipped  # p93 = 0.93 -> 0.90, + 0.5
+    rule = threshold_rule(IrSettings.from_section(SECTION))
+    thr = rule.for_image("x", np.zeros((0, 101)), attn)
+    assert thr.bg == pytest.approx(0.9) and thr.fg == 1.0 and thr.clipped  # p93 0.93 -> 0.9
+    half = threshold_rule(IrSettings.from_section({**SECTION, "attention": {
+        **SECTION["attention"], "gap": 0.05}}))
+    thr = half.for_image("x", np.zeros((0, 101)), attn)
+    assert (thr.bg, thr.fg, thr.clipped) == (pytest.approx(0.9), pytest.approx(0.95), False)
+    assert rule.for_split(None, ["x"], "seeds.h5") is None  # per image
+
+
+def test_fixed_and_gmm_rules_split_or_image():
+    fixed = threshold_rule(IrSettings.from_section({**SECTION, "threshold": "fixed"}))
+    thr = fixed.for_split(None, ["a", "b"], "seeds.h5")
+    assert (thr.bg, thr.fg, thr.clipped, thr.fallback) == (0.05, 0.30, False, False)
+    per_image = threshold_rule(IrSettings.from_section({
+        **SECTION, "threshold": "gmm", "gmm": {**SECTION["gmm"], "per_image": True}}))
+    assert per_image.for_split(None, ["a"], "seeds.h5") is None
+    degenerate = per_image.for_image("a", np.zeros((1, 8, 8), np.float32), None)
+    assert (degenerate.bg, degenerate.fg, degenerate.fallback) == (0.05, 0.30, True)
+
+
+def test_threshold_rules_registry():
+    assert THRESHOLD_RULES.names() == ("attention", "gmm", "fixed")
+    assert [THRESHOLD_RULES.get(n).reads_attention for n in THRESHOLD_RULES.names()] == [
+        True, False, False]
+    with pytest.raises(ConfigError, match=r"config key ir_labels\.threshold: unknown IR "
+                                          r"threshold rule 'otsu' \(known: attention, gmm"):
+        threshold_rule(IrSettings.from_section({**SECTION, "threshold": "otsu"}))
+    assert threshold_advice("attention", "background").startswith(
+        "raise ir_labels.attention.percentile")
+    # gmm per image falls back to the fixed pair on a degenerate image: it must be usable
+    swapped = {"fixed": {"fg": 0.1, "bg": 0.2}}
+    with pytest.raises(ConfigError, match=r"ir_labels\.fixed\.fg: 0\.1 must be greater"):
+        check_consistency(validate_config({"ir_labels": {
+            "threshold": "gmm", "gmm": {"per_image": True}, **swapped}}))
+    check_consistency(validate_config({"ir_labels": {"threshold": "gmm", **swapped}}))
+
+
+def _at(section, path):
+    node = section
+    for part in path.split("."):
+        node = node[part]
+    return node
 
 
 @pytest.mark.parametrize("path, value, key", [
     ("fixed.fg", 1.5, "ir_labels.fixed.fg"),
-    ("fixed.fg", 0.05, "ir_labels.fixed.fg"),  # fg <= bg
+    ("fixed.fg", 0.05, "ir_labels.fixed.fg"),  # fg <= bg (checked with threshold fixed)
     ("fixed.bg", -0.1, "ir_labels.fixed.bg"),
     ("attention.percentile", 120, "ir_labels.attention.percentile"),
     ("attention.gap", 0, "ir_labels.attention.gap"),
@@ -183,17 +235,20 @@ def test_attention_thresholds_clip_fg():
     ("threshold", "otsu", "ir_labels.threshold"),
 ])
 def test_threshold_config_errors_name_the_key(path, value, key):
+    """One source of truth: the schema (and the cross-key check) refuses bad values at parse
+    time, naming the key; a missing key takes the schema default."""
     section = copy.deepcopy(SECTION)
+    section["threshold"] = "fixed"
     node = section
     *parents, leaf = path.split(".")
     for p in parents:
         node = node[p]
     node[leaf] = value
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        parse_ir_config(section)
+        check_consistency(validate_config({"ir_labels": section}))
     del node[leaf]
-    with pytest.raises(ConfigError, match="missing"):
-        parse_ir_config(section)
+    filled = validate_config({"ir_labels": section})["ir_labels"]
+    assert _at(filled, path) == _at(validate_config({})["ir_labels"], path)
 
 
 # --- stage ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from wsss.config import validate_config
 from wsss.data.coverage import class_table, read_class_table, write_class_table
 from wsss.data.table import read_split_csv, write_split_csv
 from wsss.errors import DataError
@@ -104,7 +105,8 @@ def _outputs(root: Path) -> dict[str, str]:
             "warnings": str(root / "report/warnings.txt")}
 
 
-PARAMS = {"report": {"overlay_images": 2}, "predict": {"scales": [1.0], "flip": False},
+PARAMS = {"report": {"overlay_images": 2},
+          "predict": {**validate_config({})["predict"], "scales": [1.0], "flip": False},
           "classes": CLASSES, "device": "cpu", "max_side": 1024}
 
 
@@ -133,7 +135,7 @@ def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
     report.run(inputs, outs, PARAMS)
     summary = pd.read_csv(outs["summary"])
     assert list(summary.columns[:4]) == ["stage", "variant", "miou", "split"]
-    assert list(summary["split"]) == ["train"] * 7 + [PARAMS["predict"].get("split", "val")] * 2
+    assert list(summary["split"]) == ["train"] * 7 + [PARAMS["predict"]["split"]] * 2
     assert list(summary["stage"]) == ["seeds"] * 4 + ["ir_labels", "masks", "masks",
                                                       "segmentation", "segmentation"]
     assert list(summary["variant"]) == ["fuse/sweep", "fuse/attention", "cnn/sweep",
@@ -263,8 +265,8 @@ def _tiny_segmenter(path: Path, classes: list[str]) -> None:
     from wsss.models.segmentation import build_segmenter, save_segmenter, segmenter_meta
 
     torch.manual_seed(0)
-    cfg = {"model": "deeplabv3plus",
-           "backbone": {"name": "test_efficientnet", "pretrained": "none", "kwargs": {}}}
+    cfg = validate_config({"segmentation": {"model": "deeplabv3plus", "backbone": {
+        "name": "test_efficientnet", "pretrained": "none", "kwargs": {}}}})["segmentation"]
     model = build_segmenter(cfg, len(classes))
     save_segmenter(path, model, segmenter_meta(model, cfg, classes))
 
@@ -273,7 +275,7 @@ def test_stage_with_a_saved_segmenter(inputs, tmp_path):
     _tiny_segmenter(Path(inputs["model"]), CLASSES)
     outs = _outputs(tmp_path)
     params = {**PARAMS, "report": {"overlay_images": ["c"]},
-              "predict": {"scales": [1.0, 0.5], "flip": True}}
+              "predict": {**PARAMS["predict"], "scales": [1.0, 0.5], "flip": True}}
     report.run(inputs, outs, params)
     (sheet,) = Path(outs["overlays"]).iterdir()
     assert sheet.name == "c.png" and _png_size(sheet)[0] == 6 * PANEL_PX

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from wsss.config import validate_config
 from wsss.data.datasets import normalize
 from wsss.data.table import write_split_csv
 from wsss.errors import DataError
@@ -28,12 +29,13 @@ from wsss.train.loop import Progress, ResumableRun
 
 CLASSES = ["background", "cat", "dog"]
 BACKBONE = {"name": "tf_efficientnet_lite0", "pretrained": "none", "kwargs": {}}
-SEG_CFG = {"model": "deeplabv3plus", "backbone": BACKBONE, "aspp_rates": [2, 4, 6],
-           "mask": "mask_crf", "freeze_prefixes": ["conv_stem"], "crop": 32,
-           "rescale": [0.8, 1.2], "batch_size": 2, "epochs": 1,
-           "optim": {"name": "sgd", "lr": 0.01, "head_lr_mult": 10, "weight_decay": 1e-4,
-                     "momentum": 0.9},
-           "amp": True, "num_workers": 0, "save_every_steps": 0}
+SEG_CFG = validate_config({"segmentation": {
+    "model": "deeplabv3plus", "backbone": BACKBONE, "aspp_rates": [2, 4, 6], "width": None,
+    "mask": "mask_crf", "freeze_prefixes": ["conv_stem"], "crop": 32, "rescale": [0.8, 1.2],
+    "batch_size": 2, "epochs": 1,
+    "optim": {"name": "sgd", "lr": 0.01, "head_lr_mult": 10, "weight_decay": 1e-4,
+              "momentum": 0.9},
+    "amp": True, "num_workers": 0, "save_every_steps": 0}})["segmentation"]
 CRF = {"enabled": True, "gauss_sxy": 1, "gauss_compat": 1, "bilateral_sxy": 20,
        "bilateral_srgb": 5, "bilateral_compat": 4, "iterations": 1}
 TRAIN_SIZES = {"t0": (36, 40), "t1": (40, 32), "t2": (32, 48), "t3": (44, 36)}  # (H, W)
@@ -192,10 +194,9 @@ def val_inputs(tmp_path: Path) -> dict[str, str]:
     """Three val images of different sizes (one without GT) and an untrained segmenter."""
     write_split_csv(tmp_path / "val.csv", _images(tmp_path, VAL_SIZES, no_gt=("v2",)))
     torch.manual_seed(0)
-    cfg = {k: SEG_CFG[k] for k in ("model", "backbone", "aspp_rates")}
-    model = build_segmenter(cfg, len(CLASSES))
+    model = build_segmenter(SEG_CFG, len(CLASSES))
     save_segmenter(tmp_path / "model.pt", model,
-                   {**segmenter_meta(model, cfg, CLASSES), "config_hash": "0" * 16})
+                   {**segmenter_meta(model, SEG_CFG, CLASSES), "config_hash": "0" * 16})
     return {"model": str(tmp_path / "model.pt"), "split": str(tmp_path / "val.csv")}
 
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from wsss.config import validate_config
 from wsss.errors import ConfigError
 from wsss.losses.segmentation import segmentation_loss
 from wsss.models.segmentation import (
+    SEGMENTERS,
     DeepLabV3Plus,
     LargeFOV,
     build_segmenter,
@@ -24,6 +26,11 @@ LITE0 = {"name": "tf_efficientnet_lite0", "pretrained": "none", "kwargs": {}}
 R18 = {"name": "resnet18", "pretrained": "none", "kwargs": {}}
 
 
+def seg(**section):
+    """A validated ``segmentation`` section (schema defaults for what is not given)."""
+    return validate_config({"segmentation": section})["segmentation"]
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     old = torch.get_num_threads()
@@ -35,7 +42,7 @@ def _few_threads():
 @pytest.mark.parametrize("backbone", [LITE0, R18])
 def test_deeplab_strides_and_odd_input_sizes(backbone):
     torch.manual_seed(0)
-    model = build_segmenter({"model": "deeplabv3plus", "backbone": backbone}, 4).eval()
+    model = build_segmenter(seg(model="deeplabv3plus", backbone=backbone), 4).eval()
     assert isinstance(model, DeepLabV3Plus)
     assert model.backbone.feature_info.reduction() == [4, 16]
     seen = {}
@@ -51,8 +58,8 @@ def test_deeplab_strides_and_odd_input_sizes(backbone):
 
 def test_deeplab_trains_with_batch_one():
     torch.manual_seed(0)
-    model = build_segmenter({"model": "deeplabv3plus", "backbone": LITE0,
-                             "aspp_rates": [3, 6, 9]}, 3).train()
+    model = build_segmenter(seg(model="deeplabv3plus", backbone=LITE0, aspp_rates=[3, 6, 9]),
+                            3).train()
     out = model(torch.randn(1, 3, 64, 72))
     loss = segmentation_loss(out, torch.randint(0, 3, (1, 64, 72)))
     loss.backward()
@@ -63,7 +70,7 @@ def test_deeplab_trains_with_batch_one():
 
 def test_largefov_output_shape():
     torch.manual_seed(0)
-    model = build_segmenter({"model": "largefov", "backbone": R18}, 5).eval()
+    model = build_segmenter(seg(model="largefov", backbone=R18), 5).eval()
     assert isinstance(model, LargeFOV)
     assert model.backbone.feature_info.reduction() == [16]
     with torch.no_grad():
@@ -71,22 +78,24 @@ def test_largefov_output_shape():
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"segmentation\.model.*'unet'"):
-        build_segmenter({"model": "unet", "backbone": R18}, 3)
+    assert SEGMENTERS.names() == ("deeplabv3plus", "largefov")
+    with pytest.raises(ConfigError, match=r"^config key segmentation\.model: unknown segmenter "
+                                          r"'unet' \(known: deeplabv3plus, largefov\)"):
+        build_segmenter({**seg(backbone=R18), "model": "unet"}, 3)
     with pytest.raises(ConfigError, match=r"^config key segmentation\.backbone\.name: .*nope"):
-        build_segmenter({"model": "deeplabv3plus", "backbone": {"name": "nope_net"}}, 3)
+        build_segmenter(seg(model="deeplabv3plus", backbone={"name": "nope_net"}), 3)
     with pytest.raises(ConfigError, match=r"segmentation\.backbone\.pretrained: .*not found"):
-        build_segmenter({"backbone": {**R18, "pretrained": "/no/such/file.pth"}}, 3)
+        build_segmenter(seg(backbone={**R18, "pretrained": "/no/such/file.pth"}), 3)
     with pytest.raises(ConfigError, match=r"segmentation\.backbone\.kwargs: .*bogus"):
-        build_segmenter({"backbone": {**R18, "kwargs": {"bogus": 1}}}, 3)
+        build_segmenter(seg(backbone={**R18, "kwargs": {"bogus": 1}}), 3)
     vit = {"name": "vit_tiny_patch16_224", "pretrained": "none", "kwargs": {"depth": 2}}
     with pytest.raises(ConfigError, match=r"segmentation\.backbone\.name: .*stride-4"):
-        build_segmenter({"model": "deeplabv3plus", "backbone": vit}, 3)
+        build_segmenter(seg(model="deeplabv3plus", backbone=vit), 3)
 
 
 def test_param_groups_split_backbone_and_head():
-    model = build_segmenter({"backbone": LITE0}, 3)
-    groups = param_groups(model, 0.01)
+    model = build_segmenter(seg(backbone=LITE0), 3)
+    groups = param_groups(model, 0.01, 10)
     assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.1)]
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     assert all(id(p) in backbone_ids for p in groups[0]["params"])
@@ -170,14 +179,14 @@ def test_multiscale_flip_aggregation():
 
 
 def test_multiscale_restores_training_mode():
-    model = build_segmenter({"model": "largefov", "backbone": R18}, 2).train()
+    model = build_segmenter(seg(model="largefov", backbone=R18), 2).train()
     multiscale_probs(model, torch.randn(3, 40, 40), (1.0,), flip=False)
     assert model.training
 
 
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    cfg = {"model": "deeplabv3plus", "backbone": LITE0, "aspp_rates": [6, 12, 18]}
+    cfg = seg(model="deeplabv3plus", backbone=LITE0, aspp_rates=[6, 12, 18])
     model = build_segmenter(cfg, 3).train()
     model(torch.randn(2, 3, 64, 64))  # move BatchNorm running stats off their init
     meta = segmenter_meta(model, cfg, ["background", "cat", "dog"])

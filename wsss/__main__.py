@@ -4,8 +4,12 @@
 pretrained weights a config needs (:mod:`wsss.weights_cli`).
 
 Every Snakemake rule calls this; it runs any stage without Snakemake too. A user error
-(bad config, data or input file) prints one ``error:`` line and exits with status 2; partial
-outputs are never left behind (stages write atomically).
+(bad config, data or input file: :class:`wsss.errors.WsssError`) prints one ``error:`` line and
+exits with status 2. Any other exception is a bug or an unexpected failure: its full traceback
+(with a worker process's own traceback and the image it was working on, see
+:mod:`wsss.parallel`) goes to the log (``--log``, else stderr), the console gets one line
+naming the exception and the log file, and the exit status is 1. Partial outputs are never
+left behind (stages write atomically).
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         handlers.append(logging.StreamHandler(log_stream))
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.WARNING)
+        # the final error goes to the log only: the console gets one printed line instead
+        console.addFilter(lambda record: not getattr(record, "log_only", False))
         handlers.append(console)
         sys.stderr = log_stream  # tqdm and warnings go to the log file
     else:
@@ -114,18 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    module = importlib.import_module(f"wsss.stages.{args.stage}")
     t0 = time.time()
     log.info("stage %s: inputs %s outputs %s threads %d", args.stage, args.input, args.output,
              args.threads)
     outputs = _pairs(args.output, "--output")
     _remove_stale_temps(outputs.values(), log)
     try:
+        module = importlib.import_module(f"wsss.stages.{args.stage}")
         module.run(_pairs(args.input, "--input"), outputs, params, threads=args.threads)
     except WsssError as exc:
-        log.error("error: %s", exc)
+        log.error("error: %s", exc, extra={"log_only": True})
         print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)
         return 2
+    except Exception as exc:
+        log.exception("stage %s failed after %.1f s", args.stage, time.time() - t0,
+                      extra={"log_only": True})
+        if args.log:  # the console gets one line, the log the traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"wsss {args.stage}: unexpected {type(exc).__name__}: {first}; see {args.log} "
+                  f"for the traceback", file=sys.__stderr__)
+        return 1
     log.info("stage %s done in %.1f s", args.stage, time.time() - t0)
     return 0
 

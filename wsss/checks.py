@@ -24,8 +24,6 @@ from typing import Any
 
 from wsss.errors import ConfigError
 
-# Fusion variants / mask seeds / threshold rules that need the ViT branch (CoBra's maps).
-_NEEDS_VIT = {"fuse", "tran", "avg", "max"}
 IMPLEMENTED_METHODS = ("cam", "cobra")
 SPLITS = ("train", "val")
 
@@ -40,23 +38,25 @@ def check_consistency(config: Mapping[str, Any]) -> None:
     if method not in IMPLEMENTED_METHODS:
         raise ConfigError(f"config key classifier.method: {method!r} is not implemented yet "
                           f"(available: {', '.join(IMPLEMENTED_METHODS)})")
+    from wsss.cams.fuse import fusion_needs
+    from wsss.refine.ir_labels import THRESHOLD_RULES, rules_without_attention
+
     has_vit = method == "cobra"
-    if config["fusion"] in _NEEDS_VIT and not has_vit:
+    if "tran" in fusion_needs(config["fusion"]) and not has_vit:
         raise ConfigError(f"config key fusion: {config['fusion']!r} needs the ViT maps of a "
                           f"'cobra' classifier; classifier.method {method!r} gives only 'cnn'")
-    if config["ir_labels"]["threshold"] == "attention" and not has_vit:
-        raise ConfigError(f"config key ir_labels.threshold: 'attention' reads the ViT's CLS "
-                          f"attention, which classifier.method {method!r} lacks; use gmm or fixed")
+    rule = config["ir_labels"]["threshold"]
+    if THRESHOLD_RULES.get(rule).reads_attention and not has_vit:
+        raise ConfigError(f"config key ir_labels.threshold: {rule!r} reads the ViT's CLS "
+                          f"attention, which classifier.method {method!r} lacks; use "
+                          f"{' or '.join(rules_without_attention())}")
     if config["masks"]["seed"] == "tran" and not has_vit:
         raise ConfigError(f"config key masks.seed: 'tran' walks the ViT seeds, which "
                           f"classifier.method {method!r} lacks; use fused")
     if config["predict"]["split"] not in SPLITS:
         raise ConfigError(f"config key predict.split: {config['predict']['split']!r} is not one "
                           f"of the prepared splits {', '.join(SPLITS)}")
-    fixed = config["ir_labels"]["fixed"]
-    if config["ir_labels"]["threshold"] == "fixed" and fixed["fg"] <= fixed["bg"]:
-        raise ConfigError(f"config key ir_labels.fixed.fg: {fixed['fg']} must be greater than "
-                          f"ir_labels.fixed.bg ({fixed['bg']})")
+    THRESHOLD_RULES.get(rule).check(config["ir_labels"])
 
 
 def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Segmentation metrics: a streaming confusion matrix, per-class IoU and mIoU.
 
-Conventions (REFERENCE.md section 3): pixels whose ground truth is 255 are ignored; a
+Conventions (docs/conventions.md, mIoU): pixels whose ground truth is 255 are ignored; a
 *prediction* of 255 counts as background (IRN's evaluator). IoU_c = TP / (TP + FP + FN). A class
 absent from both ground truth and prediction has IoU NaN and is skipped by the mean (nanmean), so
 mIoU is the mean over classes that occur in the ground truth or the prediction.
@@ -39,6 +39,36 @@ def mean_iou(conf: np.ndarray) -> float:
     """mIoU: nanmean of the per-class IoU (classes absent from both are skipped)."""
     iou = iou_from_confusion(conf)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def sweep_confusions(cams: np.ndarray, keys: np.ndarray, gt: np.ndarray,
+                     thresholds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrices [gt, pred] of argmax([t, cams]) for every threshold t, in one pass.
+
+    ``cams`` (K, H, W) scores of the classes ``keys`` (K,) (indices >= 1), ``gt`` (H, W) class
+    indices with 255 ignored, ``thresholds`` (T,) ascending. A pixel with best class k and score
+    v is predicted k for every t < v and background otherwise (background wins ties, as
+    :func:`wsss.cams.thresholds.labels_at_threshold`), so one bincount over (gt, k, #thresholds
+    below v) gives all T matrices. Returns int64 (T, n_classes, n_classes).
+    """
+    t_count = len(thresholds)
+    valid = gt != IGNORE_INDEX
+    g = gt[valid].astype(np.int64)
+    if cams.shape[0] == 0:
+        pred_k = np.zeros_like(g)
+        below = np.zeros_like(g)
+    else:
+        flat = cams[:, valid]
+        pred_k = np.asarray(keys, dtype=np.int64)[flat.argmax(0)]
+        below = np.searchsorted(thresholds, flat.max(0), side="left")  # t_i < v for i < below
+    counts = np.bincount((g * n_classes + pred_k) * (t_count + 1) + below,
+                         minlength=n_classes * n_classes * (t_count + 1))
+    counts = counts.reshape(n_classes, n_classes, t_count + 1)
+    # At threshold i a pixel is predicted k iff i < below: suffix sums over below > i.
+    fg = np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1][..., 1:]  # (n, n, T)
+    out = np.ascontiguousarray(fg.transpose(2, 0, 1))  # keys >= 1, so column 0 is empty
+    out[:, :, 0] = counts.sum((1, 2))[None, :] - fg.sum(1).T  # the rest is background
+    return out
 
 
 class ConfusionMeter:

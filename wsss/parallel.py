@@ -1,10 +1,16 @@
 """Ordered parallel map over images in worker processes, with errors that name the image.
 
-Used by the CPU-bound per-image stages (IR-label CRFs, the final mask CRF). Workers start with
-forkserver (spawn where unavailable): forking a parent that already runs torch/BLAS threads can
-deadlock. Results come back in task order, so a parallel run writes exactly what a serial one
-does; a worker's exception is re-raised in the parent, a dead worker becomes a DataError naming
-the images it may have been working on, and the pool is always shut down.
+Used by the CPU-bound per-image stages (IR-label CRFs, the final mask CRF, the test-time CRF).
+Workers start with forkserver (spawn where unavailable): forking a parent that already runs
+torch/BLAS threads can deadlock. Results come back in task order, so a parallel run writes
+exactly what a serial one does, and the pool is always shut down.
+
+Errors (serial or parallel alike): an expected failure (:class:`wsss.errors.WsssError`: a bad
+file or value) is re-raised as the same one-line error with the image named in front; any other
+exception is re-raised as it is, with a note naming the image (``while labelling image 'x'``),
+so its traceback, and in the parent the worker's own traceback (``concurrent.futures`` chains it
+as ``__cause__``), reaches the stage's log. A dead worker (killed, e.g. out of memory) becomes a
+DataError naming the images it may have been working on.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
-from wsss.errors import DataError
+from wsss.errors import DataError, WsssError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,13 +36,34 @@ class HasId(Protocol):
     id: str
 
 
-_WORKER: Callable[[Any], Any] | None = None
+_WORKER: tuple[Callable[[Any], Any], str] | None = None
 
 
-def _init_worker(fn: Callable[[Any], Any]) -> None:
+def task_id(task: Any) -> str:
+    """The image a task names (its ``id``), or its repr."""
+    return str(getattr(task, "id", repr(task)))
+
+
+def apply_named(fn: Callable[[T], R], task: T, what: str) -> R:
+    """``fn(task)``, with the task's image named in any error (see the module docstring).
+
+    Raises:
+        WsssError: the same class, message prefixed ``<what> image '<id>': ``.
+        Exception: any other, unchanged but for a note ``while <what> image '<id>'``.
+    """
+    try:
+        return fn(task)
+    except WsssError as exc:
+        raise type(exc)(f"{what} image {task_id(task)!r}: {exc}") from exc
+    except Exception as exc:
+        exc.add_note(f"while {what} image {task_id(task)!r}")
+        raise
+
+
+def _init_worker(fn: Callable[[Any], Any], what: str) -> None:
     """Pool initializer: keep the worker function and stop BLAS threads oversubscribing cores."""
     global _WORKER
-    _WORKER = fn
+    _WORKER = (fn, what)
     try:
         from threadpoolctl import threadpool_limits
 
@@ -50,8 +77,10 @@ def _init_worker(fn: Callable[[Any], Any]) -> None:
 
 def _run_chunk(tasks: list[Any]) -> list[Any]:
     """Worker entry point: apply the worker function to a chunk of tasks in order."""
-    assert _WORKER is not None, "worker not initialised"
-    return [_WORKER(t) for t in tasks]
+    if _WORKER is None:
+        raise RuntimeError("worker process not initialised (call ordered_map)")
+    fn, what = _WORKER
+    return [apply_named(fn, t, what) for t in tasks]
 
 
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
@@ -72,8 +101,9 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int = 1,
     ``fn`` must be picklable (a module-level function or an object with ``__call__``); if it
     has a ``close()`` method it is called before the pool starts, so that open files (HDF5
     handles) are never handed to another process. Tasks need an ``id`` attribute for error
-    messages. At most ``4 * workers`` chunks are in flight (queued ahead, so a slow chunk at the
-    head does not idle the other workers). On any error, or when the consumer stops early,
+    messages: errors name the image as the module docstring says (``what``: the verb, e.g.
+    ``labelling``). At most ``4 * workers`` chunks are in flight (queued ahead, so a slow chunk
+    at the head does not idle the other workers). On any error, or when the consumer stops early,
     pending chunks are cancelled and the pool is shut down. ``workers <= 1`` runs in-process.
     ``tasks`` may be a lazy iterator: it is consumed chunk by chunk as workers free up, so the
     parent can prepare the next tasks (e.g. GPU/torch work) while the workers run.
@@ -81,7 +111,7 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int = 1,
     if isinstance(tasks, Sequence):
         if workers <= 1 or len(tasks) <= 1:
             for t in tasks:
-                yield fn(t)
+                yield apply_named(fn, t, what)
             return
         workers = min(workers, len(tasks))
         size = chunk_size or max(1, min(4, len(tasks) // (workers * 8)))
@@ -89,7 +119,7 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int = 1,
         size = chunk_size or 4
         if workers <= 1:
             for t in tasks:
-                yield fn(t)
+                yield apply_named(fn, t, what)
             return
     source = iter(tasks)
     todo = iter(lambda: list(itertools.islice(source, size)), [])
@@ -97,7 +127,7 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int = 1,
     if callable(close):
         close()
     pool = ProcessPoolExecutor(workers, mp_context=_context(preload), initializer=_init_worker,
-                               initargs=(fn,))
+                               initargs=(fn, what))
     pending: deque[tuple[list[T], Future[list[R]]]] = deque()
     try:
         for chunk in todo:
@@ -109,8 +139,7 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int = 1,
             try:
                 results = fut.result()
             except BrokenProcessPool as exc:  # killed (e.g. out of memory) or crashed
-                busy = [getattr(t, "id", repr(t)) for c in [chunk, *(c for c, _ in pending)]
-                        for t in c]
+                busy = [task_id(t) for c in [chunk, *(c for c, _ in pending)] for t in c]
                 more = f" (and {len(busy) - 8} more)" if len(busy) > 8 else ""
                 raise DataError(f"a worker process died while {what} one of the images "
                                 f"{', '.join(map(repr, busy[:8]))}{more}: {exc}") from exc

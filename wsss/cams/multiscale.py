@@ -60,7 +60,7 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[f
 
 @torch.no_grad()
 def multiscale_maps(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                    images: torch.Tensor, scales: Sequence[float], flip: bool = True, *,
+                    images: torch.Tensor, scales: Sequence[float], flip: bool, *,
                     mean: Sequence[float], std: Sequence[float]
                     ) -> dict[str, dict[str, torch.Tensor]]:
     """Sum a model's maps over scales (and flips), IRN style, for a batch of same-size images.

@@ -15,12 +15,14 @@ def snap_down(value: float, grid: float) -> float:
     return max(0.0, round(k * grid, 10))
 
 
-def attention_threshold(attn: np.ndarray, percentile: float = 93, grid: float = 0.05) -> float:
+def attention_threshold(attn: np.ndarray, percentile: float, grid: float) -> float:
     """CoBra's dynamic background threshold (supplement Sec. 9.1, 11) for one image.
 
     The raw multi-scale semantic-agnostic attention map is first divided by its max, so the
     rule means the same at any image size, scale count and layer count; the background
-    threshold is its ``percentile`` snapped down to ``grid``.
+    threshold is its ``percentile`` snapped down to ``grid`` (:func:`snap_down`; CoBra: 93rd
+    percentile, grid 0.05, the ``ir_labels.attention`` defaults). ``attn`` is any array; an
+    all-zero one gives 0.
     """
     peak = float(attn.max()) if attn.size else 0.0
     if peak <= 0:

@@ -1,12 +1,15 @@
 """Dense CRF wrappers around pydensecrf (pydensecrf2): label and softmax unaries.
 
-Settings in use are listed in REFERENCE.md section 7. Both functions are pure and deterministic
-(mean-field inference has no randomness); the image is passed C-contiguous and writable.
+Settings in use are listed in docs/conventions.md (CRF settings in use). Both functions are
+pure and deterministic (mean-field inference has no randomness); the image is passed
+C-contiguous and writable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
@@ -15,12 +18,28 @@ from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 @dataclass(frozen=True)
 class CrfSettings:
-    """Label-CRF parameters (IRN defaults: gt_prob 0.7, Gaussian 3/3, bilateral 50/5/10, 10 it)."""
+    """Dense-CRF parameters of one validated config ``crf`` section (``ir_labels.crf``,
+    ``masks.crf``: label CRFs with ``gt_prob``; ``predict.crf``: a softmax CRF, no ``gt_prob``).
 
-    gt_prob: float = 0.7
-    gauss: tuple[float, float] = (3, 3)  # (sxy, compat)
-    bilateral: tuple[float, float, float] = (50, 5, 10)  # (sxy, srgb, compat)
-    iterations: int = 10
+    ``gauss`` = (sxy, compat) of the smoothness kernel, ``bilateral`` = (sxy, srgb, compat) of
+    the appearance kernel (Kraehenbuehl & Koltun 2011, Eq. 3), ``iterations`` of mean-field
+    inference, ``gt_prob`` the label unary's confidence (None for a softmax CRF).
+    """
+
+    gauss: tuple[float, float]
+    bilateral: tuple[float, float, float]
+    iterations: int
+    gt_prob: float | None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], label: bool = True) -> CrfSettings:
+        """Settings of a validated ``crf`` config section: of a label CRF (reads ``gt_prob``) or,
+        with ``label=False``, of a softmax CRF (``gt_prob`` None)."""
+        return cls(gauss=(section["gauss_sxy"], section["gauss_compat"]),
+                   bilateral=(section["bilateral_sxy"], section["bilateral_srgb"],
+                              section["bilateral_compat"]),
+                   iterations=int(section["iterations"]),
+                   gt_prob=section["gt_prob"] if label else None)
 
 
 def _check_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -39,15 +58,20 @@ def _pairwise(crf: dcrf.DenseCRF2D, image: np.ndarray, gauss: tuple[float, float
                              compat=bilateral[2])
 
 
-def label_crf(image: np.ndarray, labels: np.ndarray, n_labels: int, gt_prob: float = 0.7,
-              gauss: tuple[float, float] = (3, 3),
-              bilateral: tuple[float, float, float] = (50, 5, 10),
-              iterations: int = 10) -> np.ndarray:
-    """Refine a hard label map (values 0..n_labels-1) with a dense CRF; returns uint8 labels.
+def label_crf(image: np.ndarray, labels: np.ndarray, n_labels: int,
+              settings: CrfSettings) -> np.ndarray:
+    """Refine a hard label map (H, W) (values 0..n_labels-1) with a dense CRF on the uint8
+    (H, W, 3) ``image``; returns uint8 (H, W) labels.
 
-    The unary trusts each pixel's label with probability ``gt_prob`` and spreads the rest
-    evenly over the other labels (IRN's crf_inference_label; label 0 is an ordinary label).
+    The unary trusts each pixel's label with probability ``settings.gt_prob`` and spreads the
+    rest evenly over the other labels (IRN's crf_inference_label; label 0 is an ordinary label).
+
+    Raises:
+        ValueError: labels outside [0, n_labels), an image of another size, or settings
+            without ``gt_prob`` (a softmax CRF's).
     """
+    if settings.gt_prob is None:
+        raise ValueError("a label CRF needs gt_prob (these are softmax CRF settings)")
     labels = np.asarray(labels)
     h, w = labels.shape
     if not 1 <= n_labels <= 256:
@@ -58,20 +82,22 @@ def label_crf(image: np.ndarray, labels: np.ndarray, n_labels: int, gt_prob: flo
     if n_labels == 1:
         return np.zeros((h, w), dtype=np.uint8)  # one label: nothing to decide
     crf = dcrf.DenseCRF2D(w, h, n_labels)
-    crf.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob,
-                                         zero_unsure=False))
-    _pairwise(crf, rgb, gauss, bilateral)
-    q = np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(n_labels, h, w)
+    crf.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels,
+                                         gt_prob=settings.gt_prob, zero_unsure=False))
+    _pairwise(crf, rgb, settings.gauss, settings.bilateral)
+    q = np.asarray(crf.inference(settings.iterations), dtype=np.float32).reshape(n_labels, h, w)
     return q.argmax(0).astype(np.uint8)
 
 
-def softmax_crf(image: np.ndarray, probs: np.ndarray, gauss: tuple[float, float] = (1, 1),
-                bilateral: tuple[float, float, float] = (121, 5, 4),
-                iterations: int = 1) -> np.ndarray:
-    """Refine class probabilities (n, H, W) with a dense CRF; returns float32 (n, H, W).
+def softmax_crf(image: np.ndarray, probs: np.ndarray, settings: CrfSettings) -> np.ndarray:
+    """Refine class probabilities (n, H, W) with a dense CRF on the uint8 (H, W, 3) ``image``;
+    returns float32 (n, H, W) (``settings.gt_prob`` is not used).
 
-    Unary = -log(probs) clipped at 1e-5 (pydensecrf's unary_from_softmax); defaults are CoSA's
-    test-time CRF (Gaussian 1/1, bilateral 121/5/4, one iteration).
+    Unary = -log(probs) clipped at 1e-5 (pydensecrf's unary_from_softmax); CoSA's test-time CRF
+    is Gaussian 1/1, bilateral 121/5/4, one iteration (the ``predict.crf`` defaults).
+
+    Raises:
+        ValueError: an image of another size.
     """
     probs = np.asarray(probs, dtype=np.float32)
     n, h, w = probs.shape
@@ -80,12 +106,5 @@ def softmax_crf(image: np.ndarray, probs: np.ndarray, gauss: tuple[float, float]
         return np.ones((1, h, w), dtype=np.float32)
     crf = dcrf.DenseCRF2D(w, h, n)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    _pairwise(crf, rgb, gauss, bilateral)
-    return np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(n, h, w)
-
-
-def label_crf_with(settings: CrfSettings, image: np.ndarray, labels: np.ndarray,
-                   n_labels: int) -> np.ndarray:
-    """:func:`label_crf` with a :class:`CrfSettings` bundle."""
-    return label_crf(image, labels, n_labels, settings.gt_prob, settings.gauss,
-                     settings.bilateral, settings.iterations)
+    _pairwise(crf, rgb, settings.gauss, settings.bilateral)
+    return np.asarray(crf.inference(settings.iterations), dtype=np.float32).reshape(n, h, w)

@@ -65,8 +65,8 @@ def _neighbour_weights(edge: torch.Tensor, radius: int,
 
 
 @torch.no_grad()
-def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float = 10,
-                       exp_times: int = 8, radius: int = 5) -> torch.Tensor:
+def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float, exp_times: int,
+                       radius: int) -> torch.Tensor:
     """IRN random walk of (C, h, w) maps over a (h, w) edge map, as 2**exp_times sparse steps.
 
     Same result as :func:`dense_random_walk` (up to rounding). Each step is
@@ -108,8 +108,8 @@ def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float = 10,
 
 
 @torch.no_grad()
-def dense_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float = 10,
-                      exp_times: int = 8, radius: int = 5) -> torch.Tensor:
+def dense_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float, exp_times: int,
+                      radius: int) -> torch.Tensor:
     """IRN's dense formulation (HW x HW matrix, T ** (2**exp_times) by squaring); reference only.
 
     Needs ~2 (h*w)^2 floats of memory and 2 (h*w)^3 FLOP per squaring: use it in tests and the

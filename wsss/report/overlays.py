@@ -20,8 +20,8 @@ from matplotlib.patches import Patch
 from tqdm import tqdm
 
 from wsss.data.classes import IGNORE_INDEX, voc_palette
-from wsss.data.datasets import load_mask, normalize
-from wsss.data.images import cap_rgb, read_rgb, resize_labels
+from wsss.data.datasets import load_mask
+from wsss.data.images import read_rgb, resize_labels
 from wsss.data.table import Record
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
@@ -177,7 +177,8 @@ def segmenter_predictor(model_path: str | Path, predict_cfg: dict[str, Any], dev
     as the predict stage runs it: the network sees the image with its long side capped at
     ``max_side`` (bicubic), the labels come back at the image's size (nearest)."""
     from wsss.models.segmentation import load_segmenter
-    from wsss.segment.inference import multiscale_probs, predict_labels
+    from wsss.segment.inference import predict_labels
+    from wsss.segment.prediction import predict_image
     from wsss.train.utils import resolve_device
 
     model, meta = load_segmenter(model_path, resolve_device(device_name))
@@ -187,8 +188,7 @@ def segmenter_predictor(model_path: str | Path, predict_cfg: dict[str, Any], dev
     scales, flip = [float(s) for s in predict_cfg["scales"]], bool(predict_cfg["flip"])
 
     def predict(image: np.ndarray) -> np.ndarray:
-        x = normalize(cap_rgb(image, max_side), meta["mean"], meta["std"])
-        return resize_labels(predict_labels(multiscale_probs(model, x, scales, flip)),
-                             image.shape[:2])
+        probs = predict_image(model, meta, image, scales, flip, max_side)
+        return resize_labels(predict_labels(probs), image.shape[:2])
 
     return predict

@@ -2,9 +2,10 @@
 
 The convention is DeepLab's multi-scale inference (Chen et al., DeepLabV2/V3+): run the network
 on rescaled copies of the image and their horizontal mirrors, bring every output back to the
-image size and average the class probabilities. Unlike CoSA's evaluation (REFERENCE.md section
-6) we do not resize images to a fixed square and do not use ground-truth image-level labels to
-mask absent classes: prediction sees the image only, at its own size.
+image size and average the class probabilities. Unlike CoSA's released evaluation we do not
+resize images to a fixed square and do not use ground-truth image-level labels to mask absent
+classes: prediction sees the image only, at its own size (docs/conventions.md, Test-time
+prediction).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def multiscale_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[float] = (1.0,),
-                     flip: bool = True, amp: bool = True) -> torch.Tensor:
+def multiscale_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[float], flip: bool,
+                     amp: bool = True) -> torch.Tensor:
     """Average softmax over ``scales`` (and mirrors): (3, H, W) normalised -> (C, H, W) float32.
 
     Each scale resizes the image to (round(H*s), round(W*s)) bilinearly; the image and its mirror
@@ -35,6 +36,9 @@ def multiscale_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[flo
     resized to (H, W) before the softmax. Runs in eval mode (the model's mode is restored after)
     under ``torch.inference_mode`` on the model's device, with float16 autocast on CUDA when
     ``amp``. The result stays on the model's device.
+
+    Raises:
+        ValueError: not one (3, H, W) image, or no scale.
     """
     if image.ndim != 3:
         raise ValueError(f"expected one (3, H, W) image, got shape {tuple(image.shape)}")
@@ -44,11 +48,11 @@ def multiscale_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[flo
     h, w = image.shape[-2:]
     was_training = model.training
     model.eval()
-    total: torch.Tensor | None = None
+    total = torch.zeros(())  # replaced by the first scale's probabilities
     try:
         with torch.inference_mode(), autocast(device, amp):
             x0 = image.to(device, torch.float32, non_blocking=True)[None]
-            for s in scales:
+            for i, s in enumerate(scales):
                 size = (max(1, round(h * s)), max(1, round(w * s)))
                 x = x0 if size == (h, w) else F.interpolate(
                     x0, size, mode="bilinear", align_corners=False)
@@ -60,10 +64,9 @@ def multiscale_probs(model: nn.Module, image: torch.Tensor, scales: Sequence[flo
                 if flip:
                     logits = torch.stack([logits[0], logits[1].flip(-1)], 0)
                 probs = torch.softmax(logits, 1).sum(0)
-                total = probs if total is None else total + probs
+                total = probs if i == 0 else total + probs
     finally:
         model.train(was_training)
-    assert total is not None
     return total / (len(scales) * (2 if flip else 1))
 
 

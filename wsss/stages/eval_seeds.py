@@ -21,43 +21,15 @@ from tqdm import tqdm
 
 from wsss.cams.fuse import available_fusions, fuse_maps
 from wsss.cams.thresholds import attention_threshold, labels_at_threshold
-from wsss.data.classes import IGNORE_INDEX
 from wsss.data.coverage import skipped_note, split_by_ground_truth
 from wsss.data.datasets import load_mask
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
-from wsss.metrics import confusion, iou_from_confusion, mean_iou
+from wsss.metrics import confusion, iou_from_confusion, mean_iou, sweep_confusions
 
 log = logging.getLogger(__name__)
-
-
-def sweep_confusions(cams: np.ndarray, keys: np.ndarray, gt: np.ndarray,
-                     thresholds: np.ndarray, n_classes: int) -> np.ndarray:
-    """Confusion matrices (T, n, n) of argmax([t, cams]) for every threshold t, in one pass.
-
-    A pixel with best class k and score v is predicted k for every t < v and background
-    otherwise, so one bincount over (gt, k, #thresholds below v) gives all T matrices.
-    """
-    t_count = len(thresholds)
-    valid = gt != IGNORE_INDEX
-    g = gt[valid].astype(np.int64)
-    if cams.shape[0] == 0:
-        pred_k = np.zeros_like(g)
-        below = np.zeros_like(g)
-    else:
-        flat = cams[:, valid]
-        pred_k = np.asarray(keys, dtype=np.int64)[flat.argmax(0)]
-        below = np.searchsorted(thresholds, flat.max(0), side="left")  # t_i < v for i < below
-    counts = np.bincount((g * n_classes + pred_k) * (t_count + 1) + below,
-                         minlength=n_classes * n_classes * (t_count + 1))
-    counts = counts.reshape(n_classes, n_classes, t_count + 1)
-    # At threshold i a pixel is predicted k iff i < below: suffix sums over below > i.
-    fg = np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1][..., 1:]  # (n, n, T)
-    out = np.ascontiguousarray(fg.transpose(2, 0, 1))  # keys >= 1, so column 0 is empty
-    out[:, :, 0] = counts.sum((1, 2))[None, :] - fg.sum(1).T  # the rest is background
-    return out
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
@@ -96,7 +68,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         if has_attn:
             attn_thr.append(t_img)
         for v in variants:
-            m = fuse_maps(item.get("cnn"), item.get("tran"), v)
+            m = fuse_maps(item, v)
             sweep[v] += sweep_confusions(m, item["keys"], gt, thresholds, n)
             if has_attn:
                 attn_conf[v] += confusion(gt, labels_at_threshold(m, item["keys"], t_img), n)

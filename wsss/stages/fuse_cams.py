@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from wsss.cams.fuse import available_fusions, fuse_maps
+from wsss.cams.fuse import available_fusions, fuse_maps, fusion_needs
 from wsss.errors import ConfigError
 from wsss.io.h5store import H5Reader, H5Writer
 
@@ -25,16 +25,17 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     variant = params["fusion"]
     cams = H5Reader(inputs["cams"], kind="cams")
     maps = set(cams.meta["maps"])
-    if variant not in available_fusions(maps):
-        raise ConfigError(f"config key fusion: {variant!r} needs maps {sorted(maps)} lack "
-                          f"(a '{cams.meta['method']}' classifier); use one of "
-                          f"{available_fusions(maps)}")
+    needs = fusion_needs(variant)
+    if not set(needs) <= maps:
+        raise ConfigError(f"config key fusion: {variant!r} needs maps {list(needs)}, "
+                          f"{inputs['cams']} has {sorted(maps)} (a '{cams.meta['method']}' "
+                          f"classifier); use one of {available_fusions(maps)}")
     meta = {**cams.meta, "fusion": variant}
     with H5Writer(outputs["seeds"], "seeds", cams.classes, meta) as writer:
         for image_id, item in tqdm(cams, total=len(cams), desc=f"fuse ({variant})",
                                    mininterval=5):
-            hr = fuse_maps(item.get("cnn"), item.get("tran"), variant)
-            st = fuse_maps(item.get("cnn_strided"), item.get("tran_strided"), variant)
+            hr = fuse_maps(item, variant)
+            st = fuse_maps({m: item.get(f"{m}_strided") for m in maps}, variant)
             writer.add(image_id, item["size"], item["keys"], {"cam": hr, "cam_strided": st},
                        infer_size=cams.infer_size(image_id))
     log.info("wrote %s (fusion %s)", outputs["seeds"], variant)

@@ -1,7 +1,8 @@
 """Stage report: one table and two charts of mIoU across the stages, plus per-image sheets.
 
-params: {"report": {"overlay_images": N (first N ids of the split, default 6) | [ids]},
-         "predict": {"scales": [...], "flip": bool}, "classes": [...], "device": str,
+params: {"report": {"overlay_images": N (first N ids of the split) | [ids]},
+         "predict": {"split": str, "scales": [...], "flip": bool, ...}, "classes": [...],
+         "device": str,
          "max_side": int | None (dataset.max_side: the overlay predictor's cap, as predict)}
 inputs: {"seeds_metrics": metrics/seeds.csv, "ir_metrics": metrics/ir_labels_train.csv,
          "masks_metrics": metrics/masks.csv, "seg_metrics": metrics/segmentation.csv,
@@ -33,7 +34,6 @@ from wsss.report.plots import load_summary, plot_classes, plot_stages
 from wsss.report.warnings import report_warnings, write_warnings
 
 log = logging.getLogger(__name__)
-DEFAULT_OVERLAYS = 6
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
@@ -48,18 +48,16 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             raise DataError(f"{inputs[name]} holds classes {store.classes}, the config has "
                             f"{classes}")
     ir_variant = str(stores["ir_labels"].meta.get("ir_labels", {}).get("threshold", "total"))
-    seg_split = params.get("predict", {}).get("split", "val")
+    seg_split = params["predict"]["split"]
     summary = load_summary(inputs, ir_variant, classes, seg_split)
     records = read_split_csv(Path(inputs["split"]), classes)
     warnings = report_warnings(read_class_table(inputs["classes"]), records, seg_split,
                                read_split_csv(Path(inputs["seg_split"]), classes), summary)
-    chosen = choose_records(records, params.get("report", {}).get("overlay_images",
-                                                                  DEFAULT_OVERLAYS),
-                            inputs["split"])
+    chosen = choose_records(records, params["report"]["overlay_images"], inputs["split"])
     with atomic_dir(outputs["overlays"]) as tmp_dir:
         if chosen:
             predict = segmenter_predictor(inputs["model"], params["predict"], params["device"],
-                                          classes, params.get("max_side"))
+                                          classes, params["max_side"])
             write_sheets(chosen, stores["seeds"], stores["ir_labels"], stores["masks"], predict,
                          classes, tmp_dir)
     with atomic_path(outputs["summary"]) as tmp:
