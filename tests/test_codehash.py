@@ -92,3 +92,23 @@ def test_a_new_unused_function_changes_nothing(package: Path):
     path = package / "wsss/metrics.py"
     path.write_text(path.read_text() + "\n\ndef not_used_by_any_stage():\n    return 42\n")
     assert hashes_of(package) == before
+
+
+@pytest.mark.parametrize("stage, module", [
+    ("fuse_cams", "wsss.cams.fuse"), ("eval_seeds", "wsss.cams.fuse"),
+    ("make_ir_labels", "wsss.refine.ir_labels"), ("make_pseudo_masks", "wsss.refine.mask_rules"),
+    ("train_segmentation", "wsss.models.segmentation"), ("predict", "wsss.models.segmentation"),
+])
+def test_registered_entries_count_for_the_stage_that_looks_them_up(stage, module):
+    """Entries registered with a decorator are reached by the stage using their registry, so an
+    edit of one (a fusion variant, a mask rule...) reruns that stage."""
+    import ast
+
+    from wsss.codehash import module_file
+
+    tree = ast.parse(module_file(module).read_text())
+    registered = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)
+                  and any("register" in ast.dump(d) for d in n.decorator_list)}
+    assert len(registered) >= 2
+    defs, _ = reachable(f"wsss.stages.{stage}")
+    assert {(module, name) for name in registered} <= defs
