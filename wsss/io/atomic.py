@@ -63,6 +63,13 @@ def disk_full_error(path: str | os.PathLike[str], exc: BaseException | None = No
     return DataError(f"no space left on device while writing {path}{free}")
 
 
+def _raise_disk_full(exc: BaseException, path: Path) -> None:
+    """Turn a failed write of ``path`` caused by a full disk into its one-line DataError."""
+    if isinstance(exc, Exception) and not isinstance(exc, DataError) and is_disk_full(
+            exc, path.parent):
+        raise disk_full_error(path) from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
@@ -82,9 +89,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and not isinstance(exc, DataError) and is_disk_full(
-                exc, path.parent):
-            raise disk_full_error(path) from exc
+        _raise_disk_full(exc, path)
         raise
 
 
@@ -107,9 +112,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, Exception) and not isinstance(exc, DataError) and is_disk_full(
-                exc, path.parent):
-            raise disk_full_error(path) from exc
+        _raise_disk_full(exc, path)
         raise
 
 
