@@ -11,11 +11,9 @@ rule extract_cams:
         f"{R}/benchmarks/extract_cams_{{split}}.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("extract_cams")
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=12 * 60,
+        **job_resources("extract_cams"),
     params:
         **stage_params(
             "extract_cams",
@@ -46,8 +44,7 @@ rule fuse_cams:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **job_resources("fuse_cams"),
     params:
         **stage_params("fuse_cams", {"fusion": config["fusion"]}),
     shell:
@@ -71,8 +68,7 @@ rule eval_seeds:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **job_resources("eval_seeds"),
     params:
         **stage_params(
             "eval_seeds",

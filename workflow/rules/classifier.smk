@@ -11,11 +11,9 @@ rule train_classifier:
         f"{R}/benchmarks/train_classifier.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("train_classifier")
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=24 * 60,
+        **job_resources("train_classifier"),
     params:
         **stage_params(
             "train_classifier",

@@ -51,6 +51,61 @@ def _total_cores():
 
 
 CORES = _total_cores()
+# Rules whose stage runs a network: they ask for a GPU (resources gpu=1; SLURM --gpus=1).
+GPU_RULES = {
+    "train_classifier",
+    "extract_cams",
+    "train_irn",
+    "make_pseudo_masks",
+    "train_segmentation",
+    "predict",
+}
+
+
+def job_resources(rule):
+    """A rule's resources: its runtime (minutes) and mem_mb from the config's ``resources``
+    section (sized by the presets), gpu=1 for the GPU rules, and the SLURM partition from
+    ``cluster.gpu_partition`` / ``cluster.cpu_partition`` when set. Resources never rerun a job."""
+    out = dict(config["resources"][rule])
+    partition = config["cluster"]["gpu_partition" if rule in GPU_RULES else "cpu_partition"]
+    if partition:
+        out["slurm_partition"] = partition
+    if rule in GPU_RULES:
+        out["gpu"] = 1
+    out["mem_mb"] = _memory_check(rule, out["mem_mb"], partition)
+    return out
+
+
+def _memory_check(rule, mem_mb, partition):
+    """On a cluster executor, refuse a job no node could ever run (it would pend forever)."""
+
+    def mem(wildcards):
+        if workflow.local_exec:
+            return mem_mb
+        from wsss.cluster import check_memory
+
+        try:
+            return check_memory(f"resources.{rule}.mem_mb", mem_mb, partition)
+        except ConfigError as exc:
+            raise WorkflowError(str(exc)) from None
+
+    return mem
+
+
+def job_threads(rule):
+    """Threads of a multi-threaded rule: --cores on a workstation (and inside a cluster job), on
+    a cluster executor ``cluster.threads`` capped at what a node of its partition offers (a job
+    asking for more CPUs than any node has would stay pending forever)."""
+
+    def threads(wildcards):
+        if workflow.local_exec:
+            return CORES
+        from wsss.cluster import threads_for
+
+        partition = config["cluster"]["gpu_partition" if rule in GPU_RULES else "cpu_partition"]
+        return threads_for(config["cluster"]["threads"], partition)
+
+    return threads
 
 
 def stage_params(stage, sections):

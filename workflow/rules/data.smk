@@ -10,10 +10,9 @@ rule prepare_data:
         f"{R}/benchmarks/prepare_data.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("prepare_data")
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources("prepare_data"),
     params:
         # max_side only changes how the inference stages see an image: not a data setting
         **stage_params(

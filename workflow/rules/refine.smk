@@ -13,10 +13,9 @@ rule make_ir_labels:
         f"{R}/benchmarks/make_ir_labels_{{split}}.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("make_ir_labels")
     resources:
-        mem_mb=4000,
-        runtime=4 * 60,
+        **job_resources("make_ir_labels"),
     params:
         **stage_params(
             "make_ir_labels", {"ir_labels": config["ir_labels"], "classes": classes_params()}
@@ -43,11 +42,9 @@ rule train_irn:
         f"{R}/benchmarks/train_irn.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("train_irn")
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=12 * 60,
+        **job_resources("train_irn"),
     params:
         **stage_params(
             "train_irn",
@@ -81,11 +78,9 @@ rule make_pseudo_masks:
         f"{R}/benchmarks/make_pseudo_masks_{{split}}.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("make_pseudo_masks")
     resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=6 * 60,
+        **job_resources("make_pseudo_masks"),
     params:
         **stage_params(
             "make_pseudo_masks",
@@ -119,8 +114,7 @@ rule eval_masks:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **job_resources("eval_masks"),
     params:
         **stage_params("eval_masks", {"classes": classes_params()}),
     shell:

@@ -42,10 +42,9 @@ rule report:
         f"{R}/benchmarks/report.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("report")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("report"),
     params:
         **stage_params(
             "report",

@@ -15,11 +15,9 @@ rule train_segmentation:
         f"{R}/benchmarks/train_segmentation.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("train_segmentation")
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=24 * 60,
+        **job_resources("train_segmentation"),
     params:
         **stage_params(
             "train_segmentation",
@@ -51,11 +49,9 @@ rule predict:
         f"{R}/benchmarks/predict_{{split}}.tsv"
     conda:
         ENV
-    threads: CORES
+    threads: job_threads("predict")
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=4 * 60,
+        **job_resources("predict"),
     params:
         **stage_params(
             "predict",
@@ -87,8 +83,7 @@ rule eval_segmentation:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **job_resources("eval_segmentation"),
     params:
         **stage_params("eval_segmentation", {"classes": classes_params()}),
     shell:
