@@ -197,6 +197,7 @@ def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path)
     """An edit of a function fuse_cams reaches reruns fuse_cams and what depends on it (a copy
     of the workflow and package, with this run's metadata, is edited; the run is not)."""
     repo = tmp_path / "repo"
+    repo.mkdir()
     for name in ("Snakefile", "config.yaml", "workflow", "wsss", "envs"):
         src = ROOT / name
         if src.is_dir():
