@@ -59,10 +59,10 @@ from wsss.data.table import Record, read_split_csv
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_dir
 from wsss.io.h5store import H5Reader, H5Writer
+from wsss.models.irn import load_irn
 from wsss.parallel import ordered_map
 from wsss.refine.crf import label_crf
 from wsss.refine.random_walk import sparse_random_walk
-from wsss.stages.train_irn import load_irn
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
