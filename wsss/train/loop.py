@@ -200,7 +200,9 @@ def _nonfinite_tensors(module: nn.Module) -> list[str]:
 
 
 def _format_terms(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+    """``loss=..., <other terms>=...`` (``loss`` first)."""
+    ordered = sorted(values.items(), key=lambda kv: kv[0] != "loss")
+    return ", ".join(f"{k}={v:.4g}" for k, v in ordered)
 
 
 class _Trainer:
