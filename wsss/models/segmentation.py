@@ -237,21 +237,21 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> lis
 
 
 def segmenter_meta(model: nn.Module, model_cfg: dict[str, Any], classes: Sequence[str]) -> dict:
-    """The checkpoint meta ``load_segmenter`` needs: config, class names, input normalisation."""
+    """The checkpoint meta ``load_segmenter`` needs: kind ``segmenter``, method (the model),
+    config, class names, input normalisation (the caller adds ``config_hash``)."""
     mean, std = input_stats(model.backbone)
-    return {"model_cfg": copy.deepcopy(dict(model_cfg)), "n_classes": len(classes),
+    return {"kind": "segmenter", "method": model_cfg["model"],
+            "model_cfg": copy.deepcopy(dict(model_cfg)), "n_classes": len(classes),
             "classes": list(classes), "mean": list(mean), "std": list(std)}
 
 
 def save_segmenter(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write model.pt (:func:`wsss.io.checkpoint.save_model`, kind ``segmenter``, method the
-    ``model_cfg``'s model); meta needs ``model_cfg``, ``n_classes``, ``classes`` and
-    ``config_hash``."""
+    """Write model.pt (:func:`wsss.io.checkpoint.save_model`) with :func:`segmenter_meta` and
+    a ``config_hash``."""
     missing = [k for k in ("model_cfg", "n_classes") if k not in meta]
     if missing:
         raise ValueError(f"segmenter meta lacks {missing}")
-    save_model(path, model.state_dict(),
-               {**meta, "kind": "segmenter", "method": meta["model_cfg"]["model"]})
+    save_model(path, model.state_dict(), meta)
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu",
