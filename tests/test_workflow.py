@@ -135,16 +135,6 @@ def test_predict_change_reruns_only_prediction_and_after(tiny_run):
     assert jobs == {"predict", "eval_segmentation", "report", "all"}
 
 
-def test_resume_state_continues_training(tiny_run, tmp_path):
-    """A finished state file makes a rerun of train_classifier skip the epochs it holds."""
-    run = tmp_path / "tiny"
-    shutil.copytree(tiny_run / "tiny", run)
-    (run / "classifier/model.pt").unlink()
-    proc = smk(tmp_path, "--until", "train_classifier")
-    log = (run / "logs/train_classifier.log").read_text()
-    assert "resuming from" in log and "epoch 3" not in log, proc.stdout[-2000:]
-
-
 def test_config_error_names_the_key(tmp_path):
     proc = smk(tmp_path, "-n", config=("classifier={epochs: many}",), check=False)
     assert proc.returncode != 0

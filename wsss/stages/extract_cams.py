@@ -27,7 +27,7 @@ from wsss.data.table import read_split_csv
 from wsss.errors import DataError
 from wsss.hashing import config_hash
 from wsss.io.h5store import H5Writer
-from wsss.stages.train_classifier import load_classifier
+from wsss.models.classifier import load_classifier
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)

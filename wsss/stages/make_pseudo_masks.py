@@ -31,11 +31,11 @@ from wsss.data.classes import voc_palette
 from wsss.data.table import read_split_csv
 from wsss.io.atomic import atomic_dir
 from wsss.io.h5store import H5Reader, H5Writer
+from wsss.models.irn import load_irn
 from wsss.parallel import ordered_map
 from wsss.refine.crf import CrfSettings
 from wsss.refine.mask_rules import mask_rule
 from wsss.refine.pseudo_masks import FinalCrf, Walker, check_coverage, walk_all
-from wsss.stages.train_irn import load_irn
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
