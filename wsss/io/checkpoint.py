@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,18 @@ def save_model(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tens
         torch.save({"state_dict": tensors, "meta": dict(meta)}, tmp)
 
 
-def load_model(path: str | os.PathLike[str], kind: str
-               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a ``model.pt`` written by :func:`save_model` and check that it holds a ``kind``.
+def load_model(path: str | os.PathLike[str], kind: str, classes: Sequence[str] | None = None,
+               method: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a ``model.pt`` written by :func:`save_model` and check that it holds a ``kind`` (and,
+    when given, one trained for ``classes`` with ``method``) with finite weights.
 
     Returns:
         ``(state_dict, meta)`` with the tensors on the CPU.
 
     Raises:
         DataError: naming the file when it is missing or unreadable, or when it holds another
-            kind of network: "<file> holds a segmenter (deeplabv3plus), expected a classifier".
+            kind of network ("<file> holds a segmenter (deeplabv3plus), expected a classifier"),
+            another method or other classes than the config, or non-finite weights.
     """
     if kind not in KINDS:
         raise ValueError(f"model kind {kind!r} is not one of {KINDS}")
@@ -94,7 +96,20 @@ def load_model(path: str | os.PathLike[str], kind: str
     if found != kind:
         raise DataError(f"{path} holds {_article(str(found))} ({meta.get('method', '?')}), "
                         f"expected {_article(kind)}")
-    return ckpt["state_dict"], meta
+    if method is not None and meta.get("method") != method:
+        raise DataError(f"{path} holds a {meta.get('method')!r} {kind}, the config asks for "
+                        f"{method!r}: rerun the stage that trains it")
+    if classes is not None and list(meta.get("classes", [])) != list(classes):
+        raise DataError(f"{path} holds {_article(kind)} for classes {meta.get('classes')}, the "
+                        f"config has {list(classes)}")
+    state = ckpt["state_dict"]
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(f"{path} holds non-finite weights ({len(bad)} tensor(s), e.g. "
+                        f"{bad[0]!r}): it comes from a diverged run; rerun the stage that makes "
+                        f"it with a smaller learning rate")
+    return state, meta
 
 
 def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:

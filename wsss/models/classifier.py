@@ -7,7 +7,7 @@ net, ``cobra``: CoBra's dual branch).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,14 +44,17 @@ def save_classifier(path: str | os.PathLike[str], model: ClassifierMethod,
                 "config_hash": config_hash})
 
 
-def load_classifier(path: str | os.PathLike[str], device: torch.device
+def load_classifier(path: str | os.PathLike[str], device: torch.device,
+                    classes: Sequence[str] | None = None, method: str | None = None
                     ) -> tuple[ClassifierMethod, dict[str, Any]]:
-    """Rebuild a trained classifier from model.pt (weights only, no pickled code), in eval mode.
+    """Rebuild a trained classifier from model.pt (weights only, no pickled code), in eval mode;
+    with ``classes`` / ``method``, check it was trained for them.
 
     Raises:
-        DataError: naming the file when it is unreadable or holds another kind of network.
+        DataError: naming the file when it is unreadable, holds another kind of network, another
+            method or other classes, or non-finite weights.
     """
-    state, meta = load_model(path, "classifier")
+    state, meta = load_model(path, "classifier", classes, method)
     cfg = dict(meta["classifier"])
     # The weights come from model.pt: never fetch or load pretrained weights again.
     for branch in ("cnn", "vit"):

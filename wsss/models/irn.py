@@ -81,13 +81,16 @@ def save_irn(path: str | os.PathLike[str], model: EdgeNet, backbone: Mapping[str
                 "config_hash": config_hash})
 
 
-def load_irn(path: str | os.PathLike[str], device: torch.device) -> tuple[EdgeNet, dict[str, Any]]:
-    """Rebuild a trained edge network from irn/model.pt (weights only), in eval mode.
+def load_irn(path: str | os.PathLike[str], device: torch.device,
+             classes: Sequence[str] | None = None) -> tuple[EdgeNet, dict[str, Any]]:
+    """Rebuild a trained edge network from irn/model.pt (weights only), in eval mode; with
+    ``classes``, check it was trained on IR labels of them.
 
     Raises:
-        DataError: naming the file when it is unreadable or holds another kind of network.
+        DataError: naming the file when it is unreadable, holds another kind of network, other
+            classes or non-finite weights.
     """
-    state, meta = load_model(path, "irn")
+    state, meta = load_model(path, "irn", classes)
     bb = meta["backbone"]
     model = EdgeNet(bb["name"], "none", bb["kwargs"])
     model.load_state_dict(state)

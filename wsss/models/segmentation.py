@@ -267,13 +267,15 @@ def save_segmenter(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> 
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu",
-                   ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved segmenter (no pretrained download) and load its weights, in eval mode.
+                   classes: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved segmenter (no pretrained download) and load its weights, in eval mode;
+    with ``classes``, check it was trained for them.
 
     Raises:
-        DataError: naming the file when it is unreadable or holds another kind of network.
+        DataError: naming the file when it is unreadable, holds another kind of network, other
+            classes or non-finite weights.
     """
-    state, meta = load_model(path, "segmenter")
+    state, meta = load_model(path, "segmenter", classes)
     cfg = copy.deepcopy(meta["model_cfg"])
     cfg["backbone"] = {**cfg["backbone"], "pretrained": "none"}
     model = build_segmenter(cfg, int(meta["n_classes"]))

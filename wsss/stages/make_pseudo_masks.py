@@ -47,10 +47,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cfg, classes = params["masks"], params["classes"]
     rule = mask_rule(cfg)
     device = resolve_device(params["device"])
-    model, meta = load_irn(inputs["irn"], device)
-    seeds = H5Reader(inputs["seeds"], kind="seeds")
-    cams = H5Reader(inputs["cams"], kind="cams")
-    ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels") \
+    model, meta = load_irn(inputs["irn"], device, classes)
+    seeds = H5Reader(inputs["seeds"], kind="seeds", classes=classes)
+    cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
+    ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes) \
         if rule.needs_ir_thresholds else None
     records = read_split_csv(Path(inputs["split"]), classes)
     check_coverage(records, {"seeds": seeds, "CAMs": cams, "IR labels": ir_labels},

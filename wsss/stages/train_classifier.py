@@ -20,19 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from torch.utils.data import DataLoader
 
 from wsss.data.coverage import class_message, class_problem
 from wsss.data.datasets import ClassificationCrops, WholeImages
 from wsss.data.table import read_split_csv
-from wsss.errors import DataError
-from wsss.io.atomic import atomic_path
 from wsss.methods.holdout import evaluate_holdout, split_holdout
 from wsss.models.classifier import build_classifier, input_normalization, save_classifier
 from wsss.train.counts import absent, class_positives, count_columns, tally
-from wsss.train.data import epoch_loader
-from wsss.train.loop import LoopSettings, StepContext, Task, fingerprint, train
+from wsss.train.data import check_enough_images, epoch_loader
+from wsss.train.loop import StepContext, Task, fingerprint, train_stage
 from wsss.train.optim import branch_optimizer
 from wsss.train.rng import seed_everything
 from wsss.train.utils import freeze_batchnorm, freeze_prefixes, resolve_device
@@ -51,9 +48,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     records = read_split_csv(Path(inputs["train"]), classes)
     train_recs, held_recs = split_holdout(records, cfg["holdout_fraction"])
     batch = cfg["batch_size"]
-    if len(train_recs) < batch:
-        raise DataError(f"{inputs['train']}: {len(train_recs)} training images is fewer than "
-                        f"classifier.batch_size = {batch}")
+    check_enough_images(len(train_recs), batch, inputs["train"], "classifier.batch_size")
     for c, name in enumerate(names, start=1):
         positives = sum(c in r.labels for r in train_recs)
         problem = class_problem(positives, len(train_recs))
@@ -103,9 +98,5 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     log.info("training %s on %d images (%d held out), %d epochs x %d steps on %s",
              cfg["method"], len(train_recs), len(held_recs), cfg["epochs"],
              task.steps_per_epoch, device)
-    progress = train(task, LoopSettings.from_section(cfg),
-                     Path(outputs["model"]).parent / "_state" / "last.pt", key, device)
-    save_classifier(outputs["model"], model, cfg, classes, key)
-    with atomic_path(outputs["metrics"]) as tmp:
-        pd.DataFrame(progress.rows).to_csv(tmp, index=False)
-    log.info("wrote %s and %s", outputs["model"], outputs["metrics"])
+    train_stage(task, cfg, outputs, key, device,
+                lambda: save_classifier(outputs["model"], model, cfg, classes, key))

@@ -25,11 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
-from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.losses.irn import irn_loss
 from wsss.models.irn import EdgeNet, save_irn
@@ -37,8 +34,8 @@ from wsss.models.weights import input_stats
 from wsss.refine.ir_crops import IRCrops
 from wsss.refine.paths import PAIR_KINDS, PAIR_ROLES
 from wsss.train.counts import absent, check_ir_labels, count_columns, tally
-from wsss.train.data import epoch_loader
-from wsss.train.loop import LoopSettings, StepContext, Task, fingerprint, train
+from wsss.train.data import check_enough_images, epoch_loader
+from wsss.train.loop import StepContext, Task, fingerprint, train_stage
 from wsss.train.optim import build_optimizer, param_group
 from wsss.train.rng import seed_everything
 from wsss.train.utils import resolve_device
@@ -55,15 +52,13 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     seed = int(params["seed"])
     seed_everything(seed)
     records = read_split_csv(Path(inputs["split"]), classes)
-    labels = H5Reader(inputs["labels"], kind="ir_labels")
+    labels = H5Reader(inputs["labels"], kind="ir_labels", classes=classes)
     missing = [r.id for r in records if r.id not in labels]
     if missing:
         raise DataError(f"{inputs['labels']} has no IR label for {len(missing)} image(s) of "
                         f"{inputs['split']}, e.g. {missing[0]!r}")
     batch = cfg["batch_size"]
-    if len(records) < batch:
-        raise DataError(f"{inputs['split']}: {len(records)} images is fewer than "
-                        f"irn.batch_size = {batch}")
+    check_enough_images(len(records), batch, inputs["split"], "irn.batch_size")
     check_ir_labels(labels, [r.id for r in records])
     bb = cfg["backbone"]
     model = EdgeNet(bb["name"], bb["pretrained"], bb["kwargs"]).to(device)
@@ -96,9 +91,5 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                       {"ids": [r.id for r in records], "labels": labels.meta}, inputs)
     log.info("training the IRN edge branch (%s) on %d images, %d epochs x %d steps on %s",
              bb["name"], len(ds), cfg["epochs"], task.steps_per_epoch, device)
-    progress = train(task, LoopSettings.from_section(cfg),
-                     Path(outputs["model"]).parent / "_state" / "last.pt", key, device)
-    save_irn(outputs["model"], model, bb, classes, key)
-    with atomic_path(outputs["metrics"]) as tmp:
-        pd.DataFrame(progress.rows).to_csv(tmp, index=False)
-    log.info("wrote %s and %s", outputs["model"], outputs["metrics"])
+    train_stage(task, cfg, outputs, key, device,
+                lambda: save_irn(outputs["model"], model, bb, classes, key))

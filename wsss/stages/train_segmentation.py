@@ -24,14 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from wsss.data.classes import IGNORE_INDEX
 from wsss.data.table import read_split_csv
 from wsss.errors import DataError
-from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.losses.segmentation import segmentation_loss
 from wsss.models.segmentation import (
@@ -43,8 +41,8 @@ from wsss.models.segmentation import (
 from wsss.models.weights import input_stats
 from wsss.segment.data import SegmentationCrops, check_masks
 from wsss.train.counts import absent, check_learnable, count_columns, pixel_counts, tally
-from wsss.train.data import epoch_loader
-from wsss.train.loop import LoopSettings, StepContext, Task, fingerprint, train
+from wsss.train.data import check_enough_images, epoch_loader
+from wsss.train.loop import StepContext, Task, fingerprint, train_stage
 from wsss.train.optim import build_optimizer
 from wsss.train.rng import seed_everything
 from wsss.train.utils import freeze_batchnorm, freeze_prefixes, resolve_device
@@ -60,14 +58,12 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     seed = int(params["seed"])
     seed_everything(seed)
     records = read_split_csv(Path(inputs["split"]), classes)
-    masks = H5Reader(inputs["masks"], kind="masks")
+    masks = H5Reader(inputs["masks"], kind="masks", classes=classes)
     if masks.classes != classes:
         raise DataError(f"{inputs['masks']} was made for classes {masks.classes}, the config "
                         f"has {classes}")
     batch = cfg["batch_size"]
-    if len(records) < batch:
-        raise DataError(f"{inputs['split']}: {len(records)} images is fewer than "
-                        f"segmentation.batch_size = {batch}")
+    check_enough_images(len(records), batch, inputs["split"], "segmentation.batch_size")
     check_masks(records, masks, cfg["mask"])
     check_learnable(masks, [r.id for r in records], cfg["mask"], classes)
 
@@ -124,10 +120,6 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     log.info("training %s on %s: %d images (%s masks), %d epochs x %d steps of %d on %s",
              cfg["model"], cfg["backbone"]["name"], len(ds), cfg["mask"], cfg["epochs"],
              task.steps_per_epoch, batch, device)
-    progress = train(task, LoopSettings.from_section(cfg),
-                     Path(outputs["model"]).parent / "_state" / "last.pt", key, device)
-    save_segmenter(outputs["model"], net, {**segmenter_meta(net, cfg, classes),
-                                           "config_hash": key})
-    with atomic_path(outputs["metrics"]) as tmp:
-        pd.DataFrame(progress.rows).to_csv(tmp, index=False)
-    log.info("wrote %s and %s", outputs["model"], outputs["metrics"])
+    meta = {**segmenter_meta(net, cfg, classes), "config_hash": key}
+    train_stage(task, cfg, outputs, key, device,
+                lambda: save_segmenter(outputs["model"], net, meta))

@@ -55,3 +55,16 @@ def epoch_loader(dataset: EpochDataset, batch_size: int, seed: int, epoch: int, 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       num_workers=num_workers, pin_memory=pin_memory,
                       generator=epoch_generator(seed, epoch), worker_init_fn=seed_worker)
+
+
+def check_enough_images(n_images: int, batch_size: int, where: str, key: str) -> None:
+    """Refuse a split with fewer images than one batch (training would take no step).
+
+    Raises:
+        DataError: naming ``where`` (the split file) and the config ``key`` of the batch size.
+    """
+    if n_images < batch_size:
+        from wsss.errors import DataError
+
+        raise DataError(f"{where}: {n_images} training images is fewer than {key} = "
+                        f"{batch_size}")

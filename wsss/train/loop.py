@@ -311,3 +311,21 @@ def train(task: Task, settings: LoopSettings, state_path: str | Path, fingerprin
     while progress.epoch < settings.epochs:
         trainer.epoch(progress)
     return progress
+
+
+def train_stage(task: Task, section: Mapping[str, Any], outputs: Mapping[str, str], key: str,
+                device: torch.device, save_model: Callable[[], None]) -> Progress:
+    """A trained stage's whole run: :func:`train` with its resume state in
+    ``<model dir>/_state/last.pt``, then ``save_model()`` and the per-epoch ``metrics`` CSV
+    (atomically). Returns the final progress."""
+    import pandas as pd
+
+    from wsss.io.atomic import atomic_path
+
+    progress = train(task, LoopSettings.from_section(section),
+                     Path(outputs["model"]).parent / "_state" / "last.pt", key, device)
+    save_model()
+    with atomic_path(outputs["metrics"]) as tmp:
+        pd.DataFrame(progress.rows).to_csv(tmp, index=False)
+    log.info("wrote %s and %s", outputs["model"], outputs["metrics"])
+    return progress
