@@ -283,5 +283,5 @@ def test_stage_with_a_saved_segmenter(inputs, tmp_path):
 
 def test_segmenter_of_other_classes_is_refused(inputs, tmp_path):
     _tiny_segmenter(Path(inputs["model"]), ["background", "cat"])
-    with pytest.raises(DataError, match=r"model\.pt was trained on classes"):
+    with pytest.raises(DataError, match=r"model\.pt holds a segmenter for classes"):
         report.run(inputs, _outputs(tmp_path), PARAMS)

@@ -200,15 +200,25 @@ def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path)
            str(repo / "workflow/presets/tiny.yaml"), "--config", f"results={tiny_run}"]
     before = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
     assert planned_jobs(before) == set(), before.stdout[-2000:] + before.stderr[-2000:]
-    # a function fuse_cams reaches and no upstream stage does
+    # a function fuse_cams reaches and no upstream stage does, in a module an upstream stage
+    # imports (a file-level rerun rule would rerun that upstream stage too)
     from wsss.codehash import module_file, reachable
 
-    upstream = set().union(*(reachable(f"wsss.stages.{s}")[0] for s in (
-        "prepare_data", "train_classifier", "extract_cams")))
-    module, function = sorted(d for d in reachable("wsss.stages.fuse_cams")[0]
-                              if d not in upstream and not d[0].startswith("wsss.stages"))[0]
+    reached = [reachable(f"wsss.stages.{s}") for s in (
+        "prepare_data", "train_classifier", "extract_cams")]
+    upstream_defs = set().union(*(d for d, _ in reached))
+    upstream_modules = set().union(*(m for _, m in reached))
+    candidates = sorted(d for d in reachable("wsss.stages.fuse_cams")[0]
+                        if d not in upstream_defs and not d[0].startswith("wsss.stages"))
+    module, function = next((d for d in candidates if d[0] in upstream_modules), candidates[0])
     target = repo / module_file(module).relative_to(ROOT)
     insert_statement(target, function, "_edited = True")
     after = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
     assert planned_jobs(after) == {"fuse_cams", "eval_seeds"} | DOWNSTREAM_OF_SEEDS, \
         after.stdout[-3000:]
+
+
+def test_unknown_classifier_method_fails_at_parse_time(tmp_path):
+    proc = smk(tmp_path, "-n", config=("classifier={method: cosa}",), check=False)
+    assert proc.returncode == 1
+    assert "config key classifier.method: 'cosa' is not one of" in proc.stdout + proc.stderr
