@@ -26,11 +26,8 @@ import wsss  # noqa: E402,F401
 from wsss.cams.multiscale import multiscale_maps  # noqa: E402
 from wsss.config import load_config  # noqa: E402
 from wsss.data.dataset_classes import classes_for  # noqa: E402
-from wsss.models.classifier import (  # noqa: E402
-    CoBraNet,
-    build_classifier,
-    input_normalization,
-)
+from wsss.methods.cobra import CoBraNet  # noqa: E402
+from wsss.models.classifier import build_classifier, input_normalization  # noqa: E402
 
 
 def two_forward_cams(model: CoBraNet):  # noqa: ANN201

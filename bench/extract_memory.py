@@ -42,24 +42,19 @@ sys.path.insert(0, str(ROOT))
 from wsss.config import load_config  # noqa: E402
 from wsss.data.dataset_classes import classes_for  # noqa: E402
 from wsss.hashing import config_hash  # noqa: E402
-from wsss.models.classifier import build_classifier, input_normalization  # noqa: E402
+from wsss.models.classifier import build_classifier, save_classifier  # noqa: E402
 
 
 def save_untrained_classifier(cfg: dict, classes: list[str], path: Path) -> None:
-    """Build the configured classifier (random heads, no training) and save it like
-    train_classifier does: {"state_dict", "meta": {method, classes, classifier, mean, std,
-    config_hash}}."""
+    """Build the configured classifier (random heads, no training) and save it as
+    train_classifier does (:func:`wsss.models.classifier.save_classifier`)."""
     ccfg = dict(cfg["classifier"])
     build = {**ccfg, "cnn": {**ccfg["cnn"], "pretrained": "none"}}
     if "vit" in build:
         build["vit"] = {**build["vit"], "pretrained": "none"}
     torch.manual_seed(0)
     model = build_classifier(build, len(classes) - 1)
-    mean, std = input_normalization(model)
-    torch.save({"state_dict": model.state_dict(),
-                "meta": {"method": ccfg["method"], "classes": list(classes), "classifier": ccfg,
-                         "mean": list(mean), "std": list(std),
-                         "config_hash": config_hash(ccfg)}}, path)
+    save_classifier(path, model, ccfg, list(classes), config_hash(ccfg))
 
 
 def photo(h: int, w: int, seed: int = 0) -> np.ndarray:

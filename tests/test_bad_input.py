@@ -496,6 +496,26 @@ def case_image_beyond_max_side(tmp_path: Path) -> Expect:
                   check=check)
 
 
+# ---------------------------------------------------------------- config files (issue 8: two
+# --configfile flags)
+
+
+@case
+def case_configfile_flag_given_twice(tmp_path: Path) -> Expect:
+    """Snakemake keeps only the last of repeated --configfile flags, so the run would silently
+    drop the preset: refused at parse time with the form that works; nothing is run."""
+    ds = folder_dataset(tmp_path / "ds")
+    results = tmp_path / "results"
+    cfg = folder_config(ds, results)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(ROOT), "--cores", "2", "--configfile",
+           str(ROOT / "workflow/presets/tiny.yaml"), "--configfile", str(cfg)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    return Expect(proc, rc=1, message=r"--configfile given more than once: Snakemake keeps only "
+                                      r"the last one\. List every file after ONE flag",
+                  absent=[results])
+
+
 # ---------------------------------------------------------------- the test
 
 

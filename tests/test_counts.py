@@ -14,11 +14,11 @@ from wsss.errors import DataError
 from wsss.io.h5store import H5Reader, H5Writer
 from wsss.refine.ir_labels import threshold_advice
 from wsss.refine.paths import PAIR_KINDS, pair_counts, pair_labels
-from wsss.stages.train_irn import check_ir_labels
-from wsss.stages.train_segmentation import check_learnable
 from wsss.train.counts import (
     absent,
     add_counts,
+    check_ir_labels,
+    check_learnable,
     class_positives,
     count_columns,
     labels_present,

@@ -6,12 +6,15 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
+from wsss.config import load_config
 from wsss.errors import ConfigError
-from wsss.models.classifier import CAMNet, CoBraNet
+from wsss.methods.cam import CAMNet
+from wsss.methods.cobra import CoBraNet
 from wsss.models.weights import create_backbone
 
-CNN = {"name": "tf_efficientnet_lite0", "pretrained": "none"}
+CNN = {"name": "tf_efficientnet_lite0", "pretrained": "none", "kwargs": {}}
 VIT = {"name": "vit_tiny_patch16_224", "pretrained": "none", "kwargs": {"depth": 2}}
+COBRA = {**load_config("config.yaml")["classifier"]["cobra"], "proj_dim": 8}
 
 
 def test_packaged_efficientnet_lite0_is_real_imagenet():
@@ -34,7 +37,7 @@ def test_missing_weights_file_is_a_config_error(tmp_path):
 
 def test_cobra_outputs_and_single_forward_cams():
     torch.manual_seed(0)
-    model = CoBraNet(3, CNN, VIT, proj_dim=8).eval()
+    model = CoBraNet(3, CNN, VIT, COBRA).eval()
     out = model(torch.randn(2, 3, 64, 80))
     assert out["cnn_cam"].shape == (2, 4, 4, 5) and out["vit_cam"].shape == (2, 4, 4, 5)
     assert out["cnn_proj"].shape == (2, 8, 4, 5) and out["vit_proj"].shape == (2, 8, 4, 5)
@@ -68,7 +71,7 @@ def test_cls_attention_row_equals_the_full_matrix_path():
     """Extraction's O(T) CLS row (fused attention + q/k hooks) = row 0 of the old stacked (B, T,
     T) matrices; training's running sum = the old stack's sum; the CAMs agree too."""
     torch.manual_seed(0)
-    model = CoBraNet(3, CNN, {**VIT, "kwargs": {"depth": 3}}, proj_dim=8).eval()
+    model = CoBraNet(3, CNN, {**VIT, "kwargs": {"depth": 3}}, COBRA).eval()
     x = torch.randn(2, 3, 72, 88)  # not a multiple of 16: padded 5x6 grid, T = 31
     with torch.no_grad():
         old = _old_stacked_attention(model.vit, x)
@@ -87,16 +90,14 @@ def test_cls_attention_row_equals_the_full_matrix_path():
 
 def test_train_step_moves_projections():
     torch.manual_seed(0)
-    from wsss.config import load_config
-    from wsss.stages.train_classifier import compute_losses
-
-    cfg = load_config("config.yaml")["classifier"]
-    model = CoBraNet(3, CNN, VIT, proj_dim=8)
+    model = CoBraNet(3, CNN, VIT, COBRA)
     before = model.cnn.proj.weight.detach().clone(), model.vit.proj.weight.detach().clone()
     opt = torch.optim.SGD([p for g in model.param_groups().values() for ps in g for p in ps],
                           lr=0.1)
     out = model(torch.randn(2, 3, 64, 64))
-    terms = compute_losses(model, out, torch.tensor([[1.0, 0, 1], [0, 1, 0]]), cfg, aux=True)
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    assert set(model.objective(out, labels, epoch=0)) == {"loss", "loss_cls"}  # warm-up epoch
+    terms = model.objective(out, labels, epoch=COBRA["warmup_epochs"])
     assert set(terms) == {"loss", "loss_cls", "loss_cam", "loss_sap", "loss_cap"}
     terms["loss"].backward()
     opt.step()
@@ -119,7 +120,7 @@ def test_edge_map_pads_to_the_training_crop_like_irn():
     from wsss.models.irn import EdgeNet
 
     torch.manual_seed(0)
-    net = EdgeNet("resnet18", "none").eval()
+    net = EdgeNet("resnet18", "none", {}).eval()
     with torch.no_grad():
         for p in net.head.parameters():
             p.normal_()

@@ -126,7 +126,6 @@ def _config(**sections: dict) -> dict:
     ({"classifier": {"method": "cam", "cnn": {"name": "resnet18"}, "freeze_prefixes": []},
       "fusion": "cnn", "ir_labels": {"threshold": "attention"}},
      r"ir_labels\.threshold: 'attention'"),
-    ({"classifier": {"method": "cosa"}}, r"classifier\.method: 'cosa' is not implemented"),
     ({"predict": {"split": "test"}}, r"predict\.split: 'test'"),
     ({"segmentation": {"backbone": {"name": "resnet18", "pretrained": "~/no/such.pth"},
                        "freeze_prefixes": []}},

@@ -133,3 +133,144 @@ def test_a_stage_removes_the_temporary_files_a_killed_run_left(tmp_path):
 
     _remove_stale_temps([tmp_path / "classifier/model.pt"], logging.getLogger("test"))
     assert not stale[1].exists()
+
+
+# ---------------------------------------------------------------- artifacts of the wrong kind
+
+TINY = ROOT / "workflow/presets/tiny.yaml"
+
+
+def _tiny():
+    from wsss.config import load_workflow_config
+    from wsss.data.dataset_classes import classes_for
+
+    config = load_workflow_config([TINY])
+    return config, classes_for(config["dataset"])
+
+
+def _classifier(path: Path, method: str, poison: bool = False) -> None:
+    from wsss.models.classifier import build_classifier, save_classifier
+
+    config, classes = _tiny()
+    cfg = {**config["classifier"], "method": method,
+           "cnn": {**config["classifier"]["cnn"], "pretrained": "none"}}
+    model = build_classifier(cfg, len(classes) - 1)
+    if poison:
+        with torch.no_grad():
+            next(iter(model.parameters())).fill_(float("nan"))
+    save_classifier(path, model, cfg, classes, "test")
+
+
+def _segmenter(path: Path) -> None:
+    from wsss.models.segmentation import build_segmenter, save_segmenter, segmenter_meta
+
+    config, classes = _tiny()
+    cfg = config["segmentation"]
+    net = build_segmenter(cfg, len(classes))
+    save_segmenter(path, net, {**segmenter_meta(net, cfg, classes), "config_hash": "test"})
+
+
+def _split(path: Path, ids: list[str]) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["id,image,mask,labels"]
+    for i, ident in enumerate(ids):
+        image = path.parent / f"img{i}.png"
+        Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(image)
+        rows.append(f"{ident},{image.name},,cat")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _stage(name: str, inputs: dict, outputs: dict, params: dict) -> subprocess.CompletedProcess:
+    """Run a stage as the rules do (with a log file: the console gets only the error line)."""
+    log = Path(next(iter(outputs.values()))).parent / f"{name}.log"
+    cmd = [sys.executable, "-m", "wsss", name, "--params", json.dumps(params), "--log", str(log)]
+    cmd += [a for k, v in inputs.items() for a in ("--input", f"{k}={v}")]
+    cmd += [a for k, v in outputs.items() for a in ("--output", f"{k}={v}")]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+def _extract(tmp_path: Path, model: Path, method: str = "cobra") -> subprocess.CompletedProcess:
+    config, classes = _tiny()
+    split = _split(tmp_path / "data/train.csv", ["a", "b"])
+    return _stage("extract_cams", {"model": model, "split": split},
+                  {"cams": tmp_path / "cams/train.h5"},
+                  {"cams": config["cams"], "classes": classes, "method": method,
+                   "device": "cpu", "max_side": None})
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_model_of_another_kind_is_named_in_one_line(tmp_path):
+    model = tmp_path / "segmentation/model.pt"
+    _segmenter(model)
+    line = _one_error_line(_extract(tmp_path, model))
+    assert f"{model} holds a segmenter (deeplabv3plus), expected a classifier" in line
+    assert not (tmp_path / "cams/train.h5").exists()
+
+
+def test_a_classifier_of_another_method_is_refused(tmp_path):
+    """A `cam` classifier copied into a `cobra` run (the issue's case) is no longer used."""
+    model = tmp_path / "classifier/model.pt"
+    _classifier(model, "cam")
+    line = _one_error_line(_extract(tmp_path, model, method="cobra"))
+    assert f"{model} holds a 'cam' classifier, the config asks for 'cobra'" in line
+    assert not (tmp_path / "cams/train.h5").exists()
+
+
+def test_a_model_with_non_finite_weights_is_refused(tmp_path):
+    model = tmp_path / "classifier/model.pt"
+    _classifier(model, "cobra", poison=True)
+    line = _one_error_line(_extract(tmp_path, model))
+    assert f"{model} holds non-finite weights" in line
+
+
+def test_a_store_of_other_classes_or_kind_is_named_by_its_reader(tmp_path):
+    """A foreign HDF5 store is caught by the first stage that reads it, naming that file."""
+    config, classes = _tiny()
+    foreign = tmp_path / "cams/train.h5"
+    with H5Writer(foreign, "cams", ["background", "car"], {"maps": ["cnn"]}) as writer:
+        writer.add("a", (4, 4), np.array([1]), {"cnn": np.zeros((1, 4, 4))})
+    proc = _stage("fuse_cams", {"cams": foreign}, {"seeds": tmp_path / "seeds/train.h5"},
+                  {"fusion": "cnn", "classes": classes})
+    assert f"{foreign} holds cams for classes ['background', 'car'], the config has" in \
+        _one_error_line(proc)
+    masks = tmp_path / "masks/train.h5"
+    with H5Writer(masks, "masks", classes, {}) as writer:
+        writer.add("a", (4, 4), np.array([1]), {"mask": np.zeros((4, 4))})
+    proc = _stage("fuse_cams", {"cams": masks}, {"seeds": tmp_path / "seeds/train.h5"},
+                  {"fusion": "cnn", "classes": classes})
+    assert f"{masks} holds 'masks', expected 'cams'" in _one_error_line(proc)
+    assert not (tmp_path / "seeds/train.h5").exists()
+
+
+def test_a_map_with_nan_is_never_written(tmp_path):
+    with (pytest.raises(DataError, match=r"image 'a': its 'cnn' map holds NaN or inf"),
+          H5Writer(tmp_path / "cams.h5", "cams", ["background", "cat"], {}) as writer):
+        writer.add("a", (2, 2), np.array([1]), {"cnn": np.full((1, 2, 2), np.nan)})
+    assert not (tmp_path / "cams.h5").exists() and temps(tmp_path) == []
+
+
+def test_no_stage_writes_outside_its_results_folder(tmp_path):
+    """An id that is a path (hand-edited split CSV) stops a stage that writes one file per id
+    before it writes anything; nothing appears outside the run folder."""
+    run = tmp_path / "results/run"
+    model = run / "segmentation/model.pt"
+    _segmenter(model)
+    config, classes = _tiny()
+    split = _split(run / "data/val.csv", ["ok", "../../escape"])
+    before = set(tmp_path.rglob("*"))
+    proc = _stage("predict", {"model": model, "split": split},
+                  {"predictions": run / "predictions/val.h5", "png": run / "predictions/val"},
+                  {"predict": config["predict"], "classes": classes, "device": "cpu",
+                   "max_side": None})
+    assert "id '../../escape' contains a path separator" in _one_error_line(proc)
+    created = set(tmp_path.rglob("*")) - before
+    assert all(run in p.parents for p in created), created
+    assert not list(tmp_path.rglob("escape*"))

@@ -189,7 +189,7 @@ def test_save_load_round_trip(tmp_path):
     cfg = seg(model="deeplabv3plus", backbone=LITE0, aspp_rates=[6, 12, 18])
     model = build_segmenter(cfg, 3).train()
     model(torch.randn(2, 3, 64, 64))  # move BatchNorm running stats off their init
-    meta = segmenter_meta(model, cfg, ["background", "cat", "dog"])
+    meta = {**segmenter_meta(model, cfg, ["background", "cat", "dog"]), "config_hash": "0" * 16}
     path = tmp_path / "seg" / "model.pt"
     save_segmenter(path, model, meta)
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]

@@ -135,16 +135,6 @@ def test_predict_change_reruns_only_prediction_and_after(tiny_run):
     assert jobs == {"predict", "eval_segmentation", "report", "all"}
 
 
-def test_resume_state_continues_training(tiny_run, tmp_path):
-    """A finished state file makes a rerun of train_classifier skip the epochs it holds."""
-    run = tmp_path / "tiny"
-    shutil.copytree(tiny_run / "tiny", run)
-    (run / "classifier/model.pt").unlink()
-    proc = smk(tmp_path, "--until", "train_classifier")
-    log = (run / "logs/train_classifier.log").read_text()
-    assert "resuming from" in log and "epoch 3" not in log, proc.stdout[-2000:]
-
-
 def test_config_error_names_the_key(tmp_path):
     proc = smk(tmp_path, "-n", config=("classifier={epochs: many}",), check=False)
     assert proc.returncode != 0
@@ -197,6 +187,7 @@ def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path)
     """An edit of a function fuse_cams reaches reruns fuse_cams and what depends on it (a copy
     of the workflow and package, with this run's metadata, is edited; the run is not)."""
     repo = tmp_path / "repo"
+    repo.mkdir()
     for name in ("Snakefile", "config.yaml", "workflow", "wsss", "envs"):
         src = ROOT / name
         if src.is_dir():
@@ -209,15 +200,25 @@ def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path)
            str(repo / "workflow/presets/tiny.yaml"), "--config", f"results={tiny_run}"]
     before = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
     assert planned_jobs(before) == set(), before.stdout[-2000:] + before.stderr[-2000:]
-    # a function fuse_cams reaches and no upstream stage does
+    # a function fuse_cams reaches and no upstream stage does, in a module an upstream stage
+    # imports (a file-level rerun rule would rerun that upstream stage too)
     from wsss.codehash import module_file, reachable
 
-    upstream = set().union(*(reachable(f"wsss.stages.{s}")[0] for s in (
-        "prepare_data", "train_classifier", "extract_cams")))
-    module, function = sorted(d for d in reachable("wsss.stages.fuse_cams")[0]
-                              if d not in upstream and not d[0].startswith("wsss.stages"))[0]
+    reached = [reachable(f"wsss.stages.{s}") for s in (
+        "prepare_data", "train_classifier", "extract_cams")]
+    upstream_defs = set().union(*(d for d, _ in reached))
+    upstream_modules = set().union(*(m for _, m in reached))
+    candidates = sorted(d for d in reachable("wsss.stages.fuse_cams")[0]
+                        if d not in upstream_defs and not d[0].startswith("wsss.stages"))
+    module, function = next((d for d in candidates if d[0] in upstream_modules), candidates[0])
     target = repo / module_file(module).relative_to(ROOT)
     insert_statement(target, function, "_edited = True")
     after = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
     assert planned_jobs(after) == {"fuse_cams", "eval_seeds"} | DOWNSTREAM_OF_SEEDS, \
         after.stdout[-3000:]
+
+
+def test_unknown_classifier_method_fails_at_parse_time(tmp_path):
+    proc = smk(tmp_path, "-n", config=("classifier={method: cosa}",), check=False)
+    assert proc.returncode == 1
+    assert "config key classifier.method: 'cosa' is not one of" in proc.stdout + proc.stderr

@@ -174,7 +174,7 @@ def _fingerprint(config: Mapping[str, Any], n_classes: int) -> str:
     digest.update(os.environ.get("HF_HUB_OFFLINE", "").encode())
     package = Path(__file__).resolve().parent
     for path in sorted([Path(__file__), *package.glob("models/*.py"),
-                        package / "train" / "utils.py"]):
+                        *package.glob("methods/*.py"), package / "train" / "utils.py"]):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:20]
 

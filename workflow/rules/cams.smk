@@ -20,6 +20,7 @@ rule extract_cams:
             {
                 "cams": config["cams"],
                 "classes": classes_params(),
+                "method": config["classifier"]["method"],
                 "device": config["device"],
                 "max_side": config["dataset"]["max_side"],
             },
@@ -46,7 +47,7 @@ rule fuse_cams:
     resources:
         **job_resources("fuse_cams"),
     params:
-        **stage_params("fuse_cams", {"fusion": config["fusion"]}),
+        **stage_params("fuse_cams", {"fusion": config["fusion"], "classes": classes_params()}),
     shell:
         "python -m wsss fuse_cams --input cams={input.cams:q} --output seeds={output.seeds:q}"
         " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"

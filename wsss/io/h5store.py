@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,11 @@ class H5Writer:
                 below twice the image's raw size plus 1 MiB (checked before writing it).
         """
         dtypes = dtypes or {}
+        for name, arr in maps.items():
+            values = np.asarray(arr)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise DataError(f"image {image_id!r}: its {name!r} map holds NaN or inf values; "
+                                f"{self.path} is not written (an upstream network diverged?)")
         raw = sum(np.asarray(a).size * np.dtype(dtypes.get(n, np.float16)).itemsize
                   for n, a in maps.items())
         if free_bytes(self._dir) < 2 * raw + SPACE_RESERVE:
@@ -109,15 +114,26 @@ class H5Writer:
 class H5Reader:
     """Reads a store written by :class:`H5Writer`; opens the file lazily (per process)."""
 
-    def __init__(self, path: str | os.PathLike[str], kind: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], kind: str | None = None,
+                 classes: Sequence[str] | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"map store not found: {self.path}")
-        with h5py.File(self.path, "r") as f:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataError(f"{self.path}: not a readable HDF5 store ({exc})") from None
+        with f:
+            if "kind" not in f.attrs or "classes" not in f.attrs or "ids" not in f:
+                raise DataError(f"{self.path}: not a wsss map store (no kind, classes or ids)"
+                                + (f", expected {kind}" if kind else ""))
             if kind is not None and f.attrs.get("kind") != kind:
                 raise DataError(f"{self.path} holds {f.attrs.get('kind')!r}, expected {kind!r}")
             self.kind = str(f.attrs["kind"])
             self.classes: list[str] = json.loads(f.attrs["classes"])
+            if classes is not None and self.classes != list(classes):
+                raise DataError(f"{self.path} holds {self.kind} for classes {self.classes}, "
+                                f"the config has {list(classes)}")
             self.meta: dict[str, Any] = json.loads(f.attrs["meta"])
             self.ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         self._file: h5py.File | None = None

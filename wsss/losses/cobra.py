@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -93,3 +96,39 @@ def cap_loss(cnn_proj: torch.Tensor, affinity: torch.Tensor, k_pos: int, k_neg: 
         raise ValueError(f"CNN grid has {emb.shape[1]} cells but the ViT affinity "
                          f"{affinity.shape[-1]} patches: use the same input stride (16)")
     return topk_infonce(emb, affinity, k_pos, k_neg, tau)
+
+
+def cobra_objective(out: dict[str, torch.Tensor], labels: torch.Tensor,
+                    patch_affinity: Callable[[torch.Tensor], torch.Tensor],
+                    settings: Mapping[str, Any], aux: bool) -> dict[str, torch.Tensor]:
+    """CoBra's objective, Eq. (3): L = L_cls + lambda_1 L_cam + lambda_2 (L_sap + L_cap).
+
+    ``out``: a CoBra forward (``cnn_cam``/``vit_cam`` (B, C+1, h, w) background first,
+    ``cnn_proj``/``vit_proj`` (B, P, h, w), ``attn`` the layer-summed attention);
+    ``labels`` (B, C) multi-hot; ``patch_affinity`` maps ``attn`` to the (B, N, N) patch
+    affinity; ``settings`` the ``classifier.cobra`` config section (``lambda_cam`` = lambda_1,
+    ``lambda_proj`` = lambda_2, ``tau``, the k values given for ``k_reference_patches``).
+    L_cls sums the multilabel loss of both branches' foreground CAMs. Without ``aux`` (the
+    warm-up epochs, CoBra Sec. 3.2) the objective is L_cls alone.
+
+    Returns:
+        ``loss`` (the weighted sum) and every term computed: ``loss_cls`` and, with ``aux``,
+        ``loss_cam``, ``loss_sap``, ``loss_cap``; scalar tensors.
+    """
+    cls = (multilabel_cls_loss(out["cnn_cam"][:, 1:], labels)
+           + multilabel_cls_loss(out["vit_cam"][:, 1:], labels))
+    terms = {"loss_cls": cls}
+    if not aux:
+        terms["loss"] = cls
+        return terms
+    n = out["vit_proj"].shape[-2] * out["vit_proj"].shape[-1]
+    k = {name: scaled_k(settings[f"k_{name}"], n, settings["k_reference_patches"])
+         for name in ("sap_pos", "sap_neg", "cap_pos", "cap_neg")}
+    terms["loss_cam"] = cam_consistency_loss(out["cnn_cam"], out["vit_cam"], labels)
+    terms["loss_sap"] = sap_loss(out["vit_proj"], out["cnn_cam"], labels, k["sap_pos"],
+                                 k["sap_neg"], settings["tau"])
+    terms["loss_cap"] = cap_loss(out["cnn_proj"], patch_affinity(out["attn"]), k["cap_pos"],
+                                 k["cap_neg"], settings["tau"])
+    terms["loss"] = (cls + settings["lambda_cam"] * terms["loss_cam"]
+                     + settings["lambda_proj"] * (terms["loss_sap"] + terms["loss_cap"]))
+    return terms

@@ -7,17 +7,22 @@ GroupNorm(4) and ReLU, are resized to stride 4, concatenated and mapped to one e
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.models.weights import create_backbone
+from wsss.io.checkpoint import load_model, save_model
+from wsss.models.weights import create_backbone, input_stats
 
 
 class EdgeNet(nn.Module):
     """Frozen multi-stage features -> stride-4 boundary logits (B, 1, ceil(H/4), ceil(W/4))."""
 
-    def __init__(self, name: str, pretrained: str = "none", kwargs: dict | None = None,
+    def __init__(self, name: str, pretrained: str, kwargs: dict[str, Any] | None,
                  width: int = 32) -> None:
         super().__init__()
         kwargs = dict(kwargs or {})
@@ -63,3 +68,30 @@ class EdgeNet(nn.Module):
         b = x.shape[0]
         edge = torch.sigmoid((logits[:b] + logits[b:].flip(-1)) / 2)[:, 0]
         return edge[:, :-(-h // 4), :-(-w // 4)]
+
+
+def save_irn(path: str | os.PathLike[str], model: EdgeNet, backbone: Mapping[str, Any],
+             classes: Sequence[str], config_hash: str) -> None:
+    """Write irn/model.pt (:func:`wsss.io.checkpoint.save_model`, kind ``irn``, method
+    ``edge``) with the ``irn.backbone`` section and the input normalisation."""
+    mean, std = input_stats(model.backbone)
+    save_model(path, model.state_dict(),
+               {"kind": "irn", "method": "edge", "backbone": dict(backbone),
+                "mean": list(mean), "std": list(std), "classes": list(classes),
+                "config_hash": config_hash})
+
+
+def load_irn(path: str | os.PathLike[str], device: torch.device,
+             classes: Sequence[str] | None = None) -> tuple[EdgeNet, dict[str, Any]]:
+    """Rebuild a trained edge network from irn/model.pt (weights only), in eval mode; with
+    ``classes``, check it was trained on IR labels of them.
+
+    Raises:
+        DataError: naming the file when it is unreadable, holds another kind of network, other
+            classes or non-finite weights.
+    """
+    state, meta = load_model(path, "irn", classes)
+    bb = meta["backbone"]
+    model = EdgeNet(bb["name"], "none", bb["kwargs"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

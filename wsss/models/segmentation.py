@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.errors import ConfigError
-from wsss.io.atomic import atomic_path
+from wsss.io.checkpoint import load_model, save_model
 from wsss.models.weights import create_backbone, input_stats
 from wsss.registry import Registry
 
@@ -249,29 +249,35 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]
 
 
 def segmenter_meta(model: nn.Module, model_cfg: dict[str, Any], classes: Sequence[str]) -> dict:
-    """The checkpoint meta ``load_segmenter`` needs: config, class names, input normalisation."""
+    """The checkpoint meta ``load_segmenter`` needs: kind ``segmenter``, method (the model),
+    config, class names, input normalisation (the caller adds ``config_hash``)."""
     mean, std = input_stats(model.backbone)
-    return {"model_cfg": copy.deepcopy(dict(model_cfg)), "n_classes": len(classes),
+    return {"kind": "segmenter", "method": model_cfg["model"],
+            "model_cfg": copy.deepcopy(dict(model_cfg)), "n_classes": len(classes),
             "classes": list(classes), "mean": list(mean), "std": list(std)}
 
 
 def save_segmenter(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``{"state_dict", "meta"}`` atomically; meta needs ``model_cfg`` and ``n_classes``."""
+    """Write model.pt (:func:`wsss.io.checkpoint.save_model`) with :func:`segmenter_meta` and
+    a ``config_hash``."""
     missing = [k for k in ("model_cfg", "n_classes") if k not in meta]
     if missing:
         raise ValueError(f"segmenter meta lacks {missing}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+    save_model(path, model.state_dict(), meta)
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu",
-                   ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved segmenter (no pretrained download) and load its weights, in eval mode."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = ckpt["meta"]
+                   classes: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved segmenter (no pretrained download) and load its weights, in eval mode;
+    with ``classes``, check it was trained for them.
+
+    Raises:
+        DataError: naming the file when it is unreadable, holds another kind of network, other
+            classes or non-finite weights.
+    """
+    state, meta = load_model(path, "segmenter", classes)
     cfg = copy.deepcopy(meta["model_cfg"])
     cfg["backbone"] = {**cfg["backbone"], "pretrained": "none"}
     model = build_segmenter(cfg, int(meta["n_classes"]))
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state)
     return model.to(device).eval(), meta

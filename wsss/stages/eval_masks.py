@@ -30,7 +30,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         threads: int = 1) -> None:
     """Score the stored pseudo masks against the split's ground truth."""
     classes = params["classes"]
-    masks = H5Reader(inputs["masks"], kind="masks")
+    masks = H5Reader(inputs["masks"], kind="masks", classes=classes)
     records = read_split_csv(Path(inputs["split"]), classes)
     meters = {v: ConfusionMeter(len(classes)) for v in VARIANTS}
     scored, skipped = split_by_ground_truth(records)

@@ -42,8 +42,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     thresholds = np.round(np.arange(sw["sweep_start"], sw["sweep_stop"] + 1e-9,
                                     sw["sweep_step"]), 6)
     att = params["attention"]
-    cams = H5Reader(inputs["cams"], kind="cams")
-    selected = H5Reader(inputs["seeds"], kind="seeds").meta["fusion"]
+    cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
+    selected = H5Reader(inputs["seeds"], kind="seeds", classes=classes).meta["fusion"]
     records = {r.id: r for r in read_split_csv(Path(inputs["split"]), classes)}
     extra = [i for i in cams.ids if i not in records]
     if extra:

@@ -35,7 +35,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     """Score the stored predictions against the split's ground-truth masks."""
     classes = list(params["classes"])
     n = len(classes)
-    preds = H5Reader(inputs["predictions"], kind="predictions")
+    preds = H5Reader(inputs["predictions"], kind="predictions", classes=classes)
     if preds.classes != classes:
         raise DataError(f"{inputs['predictions']} holds classes {preds.classes}, the config "
                         f"has {classes}")

@@ -24,10 +24,9 @@ from typing import Any
 from wsss.cams.extract import extract_split
 from wsss.data.images import beyond_cap
 from wsss.data.table import read_split_csv
-from wsss.errors import DataError
 from wsss.hashing import config_hash
 from wsss.io.h5store import H5Writer
-from wsss.stages.train_classifier import load_classifier
+from wsss.models.classifier import load_classifier
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     """Extract multi-scale CAMs for every image of a split into an HDF5 store."""
     cfg, classes = params["cams"], params["classes"]
     device = resolve_device(params["device"])
-    model, meta = load_classifier(inputs["model"], device)
-    if meta["classes"] != list(classes):
-        raise DataError(f"{inputs['model']} was trained for classes {meta['classes']}, "
-                        f"but the data set has {classes}")
+    model, meta = load_classifier(inputs["model"], device, classes, params["method"])
     records = read_split_csv(Path(inputs["split"]), classes)
     max_side = params["max_side"]
     note = beyond_cap(records, max_side, Path(inputs["split"]).stem)

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         threads: int = 1) -> None:
     """Write the configured fusion of every image's CAMs."""
-    variant = params["fusion"]
-    cams = H5Reader(inputs["cams"], kind="cams")
+    variant, classes = params["fusion"], params["classes"]
+    cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
     maps = set(cams.meta["maps"])
     needs = fusion_needs(variant)
     if not set(needs) <= maps:

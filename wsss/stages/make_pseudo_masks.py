@@ -31,11 +31,11 @@ from wsss.data.classes import voc_palette
 from wsss.data.table import read_split_csv
 from wsss.io.atomic import atomic_dir
 from wsss.io.h5store import H5Reader, H5Writer
+from wsss.models.irn import load_irn
 from wsss.parallel import ordered_map
 from wsss.refine.crf import CrfSettings
 from wsss.refine.mask_rules import mask_rule
 from wsss.refine.pseudo_masks import FinalCrf, Walker, check_coverage, walk_all
-from wsss.stages.train_irn import load_irn
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cfg, classes = params["masks"], params["classes"]
     rule = mask_rule(cfg)
     device = resolve_device(params["device"])
-    model, meta = load_irn(inputs["irn"], device)
-    seeds = H5Reader(inputs["seeds"], kind="seeds")
-    cams = H5Reader(inputs["cams"], kind="cams")
-    ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels") \
+    model, meta = load_irn(inputs["irn"], device, classes)
+    seeds = H5Reader(inputs["seeds"], kind="seeds", classes=classes)
+    cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
+    ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes) \
         if rule.needs_ir_thresholds else None
     records = read_split_csv(Path(inputs["split"]), classes)
     check_coverage(records, {"seeds": seeds, "CAMs": cams, "IR labels": ir_labels},

@@ -30,7 +30,6 @@ from tqdm import tqdm
 from wsss.data.classes import voc_palette
 from wsss.data.images import beyond_cap
 from wsss.data.table import read_split_csv
-from wsss.errors import DataError
 from wsss.io.atomic import atomic_dir
 from wsss.io.h5store import H5Writer
 from wsss.models.segmentation import load_segmenter
@@ -48,10 +47,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cfg, classes, max_side = params["predict"], list(params["classes"]), params["max_side"]
     crf = cfg["crf"] if cfg["crf"]["enabled"] else None
     device = resolve_device(params["device"])
-    model, meta = load_segmenter(inputs["model"], device)
-    if list(meta["classes"]) != classes:
-        raise DataError(f"{inputs['model']} was trained for classes {meta['classes']}, the "
-                        f"config has {classes}")
+    model, meta = load_segmenter(inputs["model"], device, classes)
     records = read_split_csv(Path(inputs["split"]), classes)
     maps = ["raw", "crf"] if crf else ["raw"]
     store_meta = {"split": cfg["split"], "scales": list(cfg["scales"]), "flip": cfg["flip"],

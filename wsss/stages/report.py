@@ -40,9 +40,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         threads: int = 1) -> None:
     """Write the summary table, the two mIoU charts and the overlay sheets."""
     classes = list(params["classes"])
-    stores = {"seeds": H5Reader(inputs["seeds"], kind="seeds"),
-              "ir_labels": H5Reader(inputs["ir_labels"], kind="ir_labels"),
-              "masks": H5Reader(inputs["masks"], kind="masks")}
+    stores = {"seeds": H5Reader(inputs["seeds"], kind="seeds", classes=classes),
+              "ir_labels": H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes),
+              "masks": H5Reader(inputs["masks"], kind="masks", classes=classes)}
     for name, store in stores.items():
         if store.classes != classes:
             raise DataError(f"{inputs[name]} holds classes {store.classes}, the config has "

@@ -1,9 +1,9 @@
 """What a training stage learns from: per-batch counts of each kind of example it needs, summed
 per epoch into its metrics CSV, and the checks that stop a stage with nothing to learn.
 
-Each trained stage's loop calls one small function per batch and adds the result to its epoch
-sums (:func:`add_counts`); at the epoch end :func:`absent` names the kinds that never occurred,
-which the stage logs as a warning (see ``docs/data.md``):
+Each trained stage's step function returns one small function's result per batch as tallies
+(:func:`tally`), which the training loop sums over the epoch; at the epoch end :func:`absent`
+names the kinds that never occurred, which the stage logs as a warning (see ``docs/data.md``):
 
 * classifier: positive images per class, :func:`class_positives` -> columns ``pos_<class>``;
 * segmenter: labelled pixels per class (255 excluded), :func:`pixel_counts` ->
@@ -11,21 +11,26 @@ which the stage logs as a warning (see ``docs/data.md``):
 * IRN: background-positive, foreground-positive and negative pairs,
   :func:`wsss.refine.paths.pair_counts` -> ``pairs_bg_pos``, ``pairs_fg_pos``, ``pairs_neg``.
 
-Before training, :func:`labels_present` / :func:`label_sets` scan a label store (IR labels,
-pseudo masks) for the values it holds, stopping as soon as the caller has seen enough, so a
-store that cannot teach anything (IR labels all background, pseudo masks all ignore) stops the
-stage with its cause.
+Before training, :func:`check_ir_labels` and :func:`check_learnable` scan a label store (IR
+labels, pseudo masks) for the values it holds (:func:`labels_present` / :func:`label_sets`),
+stopping as soon as they have seen enough, so a store that cannot teach anything (IR labels all
+background, pseudo masks all ignore) stops the stage with its cause.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 
 import numpy as np
 import torch
 
 from wsss.data.classes import IGNORE_INDEX
+from wsss.errors import DataError
 from wsss.io.h5store import H5Reader
+from wsss.refine.ir_labels import MODES, threshold_advice
+
+log = logging.getLogger(__name__)
 
 
 def class_positives(labels: torch.Tensor) -> torch.Tensor:
@@ -55,6 +60,14 @@ def add_counts(sums: MutableMapping[str, float], prefix: str, names: Sequence[st
     for name, value in zip(names, values, strict=True):
         key = prefix + name
         sums[key] = sums.get(key, 0.0) + float(value)
+
+
+def tally(prefix: str, names: Sequence[str], counts: torch.Tensor | Sequence[int]
+          ) -> dict[str, float]:
+    """``{prefix + names[i]: counts[i]}`` as floats (one host transfer for the batch)."""
+    sums: dict[str, float] = {}
+    add_counts(sums, prefix, names, counts)
+    return sums
 
 
 def count_columns(sums: MutableMapping[str, float], prefix: str,
@@ -88,3 +101,49 @@ def labels_present(store: H5Reader, ids: Iterable[str], key: str,
         if enough is not None and enough(found):
             break
     return found
+
+
+def check_ir_labels(labels: H5Reader, ids: list[str]) -> None:
+    """Raise a DataError when the IR labels of ``ids`` hold no foreground or no background pixel
+    at all, and warn when no image holds two different confident labels (IRN then has no
+    negative pair to learn boundaries from). Reads images until it has seen enough."""
+    found: set[int] = set()
+    mixed = False  # an image with two different confident labels: negative pairs possible
+    for _, values in label_sets(labels, ids, "label"):
+        found |= values
+        mixed = mixed or len(values) >= 2
+        if mixed and 0 in found and any(v > 0 for v in found):
+            return
+    mode = str(labels.meta.get("ir_labels", {}).get("threshold", "unknown"))
+    missing = [kind for kind, ok in (("foreground", any(v > 0 for v in found)),
+                                     ("background", 0 in found)) if not ok]
+    consequence = ("so IRN has no negative pairs: its edge map would learn 'no edges' and the "
+                   "random walk would spread every seed over the whole image")
+    if missing:
+        advice = "; ".join(threshold_advice(mode, m) if mode in MODES
+                           else "check config section ir_labels" for m in missing)
+        raise DataError(
+            f"{labels.path}: the IR labels of all {len(ids)} images hold no confident "
+            f"{' or '.join(missing)} pixel (ir_labels.threshold {mode!r}), {consequence}. "
+            f"Nothing to train on; {advice} (metrics/ir_labels_train.csv shows the thresholds).")
+    log.warning("%s: no image's IR label holds two different confident labels (each is one "
+                "class or background throughout; ir_labels.threshold %r), %s; the seeds are "
+                "degenerate: see data/classes.csv and metrics/seeds.csv", labels.path, mode,
+                consequence)
+
+
+def check_learnable(masks: H5Reader, ids: list[str], key: str, classes: list[str]) -> None:
+    """Stop (DataError) when map ``key`` of the pseudo masks of ``ids`` has no labelled pixel at
+    all; warn when it holds a single class (the segmenter then predicts only that class)."""
+    found = labels_present(masks, ids, key, enough=lambda f: len(f) >= 2)
+    if not found:
+        raise DataError(f"{masks.path}: the pseudo masks ({key!r}, config key "
+                        f"segmentation.mask) of all {len(ids)} training images are ignore "
+                        f"(255) everywhere: the segmenter has no labelled pixel to learn from; "
+                        f"check metrics/masks.csv and the masks settings")
+    if len(found) == 1:
+        (only,) = found
+        name = classes[only] if only < len(classes) else str(only)
+        log.warning("%s: every labelled pixel of the pseudo masks (%r) of the %d training images "
+                    "is %r: the segmenter can only learn to predict %r everywhere", masks.path,
+                    key, len(ids), name, name)

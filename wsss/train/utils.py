@@ -1,18 +1,15 @@
-"""Devices, seeding, the poly schedule and atomic resumable training state."""
+"""Devices, mixed precision, frozen layers and the run signature of a training stage."""
 
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch import nn
 
 from wsss.errors import ConfigError
-from wsss.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -24,53 +21,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key device: 'cuda' requested but no CUDA device is available")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
-    """Polynomial decay used by IRN/CoBra/DeepLab: base * (1 - step/total)^power."""
-    return base * (1.0 - min(step, total) / max(total, 1)) ** power
-
-
-class EpochSampler(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch), started at ``start`` (for resuming)."""
-
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        self.order = torch.randperm(n, generator=g).tolist()[start:]
-
-    def __iter__(self):  # noqa: ANN204
-        return iter(self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write a training state dict atomically (a kill mid-write leaves the previous state)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """Load a resume state if it exists and was made with the same settings, else None."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt state is not fatal: start over
-        log.warning("ignoring unreadable resume state %s (%s)", path, exc)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.info("resume state %s was made with other settings; starting over", path)
-        return None
-    return state
 
 
 def autocast(device: torch.device, enabled: bool):  # noqa: ANN201
@@ -93,6 +43,19 @@ def freeze_prefixes(module: torch.nn.Module, prefixes: list[str],
         if any(name == q or name.startswith(q + ".") for q in prefixes):
             p.requires_grad_(False)
     return [m for name, m in module.named_modules() if name in prefixes]
+
+
+def freeze_batchnorm(module: nn.Module, affine: bool = True) -> int:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics fixed); with
+    ``affine=False`` also stop the gradients of their scale and shift (IRN's frozen BatchNorm).
+    Call again after every ``module.train()``. Returns the number of layers."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.eval()
+        if not affine:
+            for p in m.parameters():
+                p.requires_grad_(False)
+    return len(layers)
 
 
 def run_signature(stage: str, inputs: dict[str, str]) -> dict[str, Any]:
