@@ -15,6 +15,7 @@ left behind (stages write atomically).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("wsss")
 
     import wsss  # noqa: F401  (installs the torchvision/offline fixes)
-    from wsss.errors import WsssError
+    from wsss.devices import GPU_STAGES, claim_device
 
     try:
         params = json.loads(args.params)
@@ -117,7 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--params / --options is not valid JSON: %s", exc)
         return 2
     params = _merge(params, options)
+    with contextlib.ExitStack() as resources:
+        if args.stage in GPU_STAGES and params.get("device") != "cpu":
+            # one free GPU of several, before CUDA starts (wsss.devices)
+            resources.enter_context(claim_device())
+        return _run_stage(args, params, log)
+
+
+def _run_stage(args: argparse.Namespace, params: dict, log: logging.Logger) -> int:
+    """Import and run the stage; one line for an expected error, the traceback otherwise."""
     import torch
+
+    from wsss.errors import WsssError
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
