@@ -26,6 +26,7 @@ include: "workflow/rules/cams.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/shards.smk"
 
 
 report: "workflow/report/workflow.rst"

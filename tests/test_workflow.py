@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -222,3 +223,45 @@ def test_unknown_classifier_method_fails_at_parse_time(tmp_path):
     proc = smk(tmp_path, "-n", config=("classifier={method: cosa}",), check=False)
     assert proc.returncode == 1
     assert "config key classifier.method: 'cosa' is not one of" in proc.stdout + proc.stderr
+
+
+def _same_store(a: Path, b: Path) -> None:
+    """Two HDF5 stores hold the same images, attributes and arrays, in the same order."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for key in ("kind", "classes", "meta"):
+            assert fa.attrs[key] == fb.attrs[key], key
+        assert list(fa["ids"].asstr()[()]) == list(fb["ids"].asstr()[()])
+        for ident in fa["images"]:
+            ga, gb = fa["images"][ident], fb["images"][ident]
+            assert dict(ga.attrs).keys() == dict(gb.attrs).keys()
+            for key in ga.attrs:
+                assert np.array_equal(ga.attrs[key], gb.attrs[key]), (ident, key)
+            assert set(ga) == set(gb), ident
+            for name in ga:
+                assert np.array_equal(ga[name][()], gb[name][()]), (a, ident, name)
+
+
+def test_shards_merge_to_the_one_job_outputs(tiny_run, tmp_path):
+    """With cluster.shards: 2, extract_cams, make_pseudo_masks and predict run as two jobs
+    each, merged in split order: every store and PNG equals the one-job run's."""
+    from PIL import Image
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run / "tiny", run)
+    proc = smk(tmp_path, "--forcerun", "extract_cams_shard", "--until", "merge_predictions",
+               config=("cluster={shards: 2}",))
+    jobs = re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.M)
+    assert {"extract_cams_shard", "merge_cams", "make_pseudo_masks_shard", "merge_masks",
+            "predict_shard", "merge_predictions"} <= set(jobs), jobs
+    assert jobs.count("extract_cams_shard") == 2
+    for store in ("cams/train.h5", "masks/train.h5", "predictions/val.h5"):
+        _same_store(tiny_run / "tiny" / store, run / store)
+    for folder in ("masks/train", "predictions/val"):
+        one = sorted(p.name for p in (tiny_run / "tiny" / folder).glob("*.png"))
+        assert one == sorted(p.name for p in (run / folder).glob("*.png")) and one
+        for name in one:
+            a = np.asarray(Image.open(tiny_run / "tiny" / folder / name))
+            assert np.array_equal(a, np.asarray(Image.open(run / folder / name)))

@@ -1,3 +1,12 @@
+EXTRACT_CAMS = {
+    "cams": config["cams"],
+    "classes": classes_params(),
+    "method": config["classifier"]["method"],
+    "device": config["device"],
+    "max_side": config["dataset"]["max_side"],
+}
+
+
 rule extract_cams:
     """Multi-scale + flip CAMs (and attention) of a split into one HDF5 file."""
     input:
@@ -15,16 +24,7 @@ rule extract_cams:
     resources:
         **job_resources("extract_cams"),
     params:
-        **stage_params(
-            "extract_cams",
-            {
-                "cams": config["cams"],
-                "classes": classes_params(),
-                "method": config["classifier"]["method"],
-                "device": config["device"],
-                "max_side": config["dataset"]["max_side"],
-            },
-        ),
+        **stage_params("extract_cams", EXTRACT_CAMS),
     shell:
         "python -m wsss extract_cams --input model={input.model:q} --input split={input.split:q}"
         " --output cams={output.cams:q} --params {params.cfg:q} --options {params.opts:q}"

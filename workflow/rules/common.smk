@@ -1,5 +1,6 @@
 # Shared setup: validated config, the results root, the python that runs stages, helpers.
 import os
+import shlex
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -121,6 +122,32 @@ def stage_params(stage, sections):
     }
 
 
+SHARDS = config["cluster"]["shards"]
+
+
+def shard_params(stage, sections):
+    """stage_params for shard ``{shard}`` of SHARDS: the shard goes to the stage with the
+    execution-only options (untracked: the merged result equals one job's)."""
+
+    def opts(wildcards):
+        return Untracked(
+            as_params({**only_execution(sections), "shard": [int(wildcards.shard), SHARDS]})
+        )
+
+    return {**stage_params(stage, sections), "opts": opts}
+
+
+def numbered_inputs(name):
+    """``--input <name>0=... --input <name>1=...`` for a list input of a merge rule."""
+
+    def args(wildcards, input):
+        return " ".join(
+            f"--input {name}{i}={shlex.quote(str(p))}" for i, p in enumerate(input[name])
+        )
+
+    return args
+
+
 def classes_params():
     """Class list of the configured data set, passed to every stage that needs it."""
     return classes_for(config["dataset"])
@@ -128,3 +155,4 @@ def classes_params():
 
 wildcard_constraints:
     split="[A-Za-z0-9_]+",
+    shard="[0-9]+",

@@ -61,6 +61,14 @@ rule train_irn:
         " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
 
 
+MAKE_PSEUDO_MASKS = {
+    "masks": config["masks"],
+    "classes": classes_params(),
+    "device": config["device"],
+    "max_side": config["dataset"]["max_side"],
+}
+
+
 rule make_pseudo_masks:
     """Random walk of the seeds over the boundary map, mask rule, final label CRF, PNGs."""
     input:
@@ -82,15 +90,7 @@ rule make_pseudo_masks:
     resources:
         **job_resources("make_pseudo_masks"),
     params:
-        **stage_params(
-            "make_pseudo_masks",
-            {
-                "masks": config["masks"],
-                "classes": classes_params(),
-                "device": config["device"],
-                "max_side": config["dataset"]["max_side"],
-            },
-        ),
+        **stage_params("make_pseudo_masks", MAKE_PSEUDO_MASKS),
     shell:
         "python -m wsss make_pseudo_masks --input irn={input.irn:q} --input seeds={input.seeds:q}"
         " --input cams={input.cams:q} --input ir_labels={input.ir_labels:q}"

@@ -35,6 +35,14 @@ rule train_segmentation:
         " --params {params.cfg:q} --options {params.opts:q} --threads {threads} --log {log:q}"
 
 
+PREDICT = {
+    "predict": config["predict"],
+    "classes": classes_params(),
+    "device": config["device"],
+    "max_side": config["dataset"]["max_side"],
+}
+
+
 rule predict:
     """Multi-scale + flip inference of a split (no image labels used), optional softmax CRF."""
     input:
@@ -53,15 +61,7 @@ rule predict:
     resources:
         **job_resources("predict"),
     params:
-        **stage_params(
-            "predict",
-            {
-                "predict": config["predict"],
-                "classes": classes_params(),
-                "device": config["device"],
-                "max_side": config["dataset"]["max_side"],
-            },
-        ),
+        **stage_params("predict", PREDICT),
     shell:
         "python -m wsss predict --input model={input.model:q} --input split={input.split:q}"
         " --output predictions={output.predictions:q} --output png={output.png:q}"

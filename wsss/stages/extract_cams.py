@@ -27,6 +27,7 @@ from wsss.data.table import read_split_csv
 from wsss.hashing import config_hash
 from wsss.io.h5store import H5Writer
 from wsss.models.classifier import load_classifier
+from wsss.shards import parse_shard, shard_records
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cfg, classes = params["cams"], params["classes"]
     device = resolve_device(params["device"])
     model, meta = load_classifier(inputs["model"], device, classes, params["method"])
-    records = read_split_csv(Path(inputs["split"]), classes)
+    # cluster.shards: this job's whole same-size batches (wsss.shards); all images otherwise
+    records = shard_records(read_split_csv(Path(inputs["split"]), classes), cfg["batch_size"],
+                            parse_shard(params.get("shard")))
     max_side = params["max_side"]
     note = beyond_cap(records, max_side, Path(inputs["split"]).stem)
     if note:

@@ -36,6 +36,7 @@ from wsss.parallel import ordered_map
 from wsss.refine.crf import CrfSettings
 from wsss.refine.mask_rules import mask_rule
 from wsss.refine.pseudo_masks import FinalCrf, Walker, check_coverage, walk_all
+from wsss.shards import parse_shard, shard_records
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
     ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes) \
         if rule.needs_ir_thresholds else None
-    records = read_split_csv(Path(inputs["split"]), classes)
+    # cluster.shards: this job's whole same-size walk batches (wsss.shards); all otherwise
+    records = shard_records(read_split_csv(Path(inputs["split"]), classes), cfg["batch_size"],
+                            parse_shard(params.get("shard")))
     check_coverage(records, {"seeds": seeds, "CAMs": cams, "IR labels": ir_labels},
                    inputs["split"])
     walker = Walker(model, meta, cfg, rule, seeds, cams, ir_labels, device)

@@ -36,6 +36,7 @@ from wsss.models.segmentation import load_segmenter
 from wsss.parallel import ordered_map
 from wsss.refine.crf import CrfSettings
 from wsss.segment.prediction import SoftmaxCrf, forward_all
+from wsss.shards import parse_shard, shard_records
 from wsss.train.utils import resolve_device
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     crf = cfg["crf"] if cfg["crf"]["enabled"] else None
     device = resolve_device(params["device"])
     model, meta = load_segmenter(inputs["model"], device, classes)
-    records = read_split_csv(Path(inputs["split"]), classes)
+    # cluster.shards: every n-th image (wsss.shards); all images otherwise
+    records = shard_records(read_split_csv(Path(inputs["split"]), classes), 1,
+                            parse_shard(params.get("shard")))
     maps = ["raw", "crf"] if crf else ["raw"]
     store_meta = {"split": cfg["split"], "scales": list(cfg["scales"]), "flip": cfg["flip"],
                   "crf": crf, "max_side": max_side, "maps": maps,
