@@ -63,57 +63,54 @@ def disk_full_error(path: str | os.PathLike[str], exc: BaseException | None = No
     return DataError(f"no space left on device while writing {path}{free}")
 
 
-def _raise_disk_full(exc: BaseException, path: Path) -> None:
-    """Turn a failed write of ``path`` caused by a full disk into its one-line DataError."""
-    if isinstance(exc, Exception) and not isinstance(exc, DataError) and is_disk_full(
-            exc, path.parent):
-        raise disk_full_error(path) from exc
-
-
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def _atomic(path: str | os.PathLike[str], folder: bool) -> Iterator[Path]:
+    """The temporary sibling of ``path`` (a file or a folder), renamed onto ``path`` only if the
+    block succeeds, removed otherwise; a full disk becomes its one-line DataError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = {"prefix": f".{path.name}.", "suffix": ".tmp", "dir": path.parent}
+    if folder:
+        tmp = Path(tempfile.mkdtemp(**names))
+    else:
+        fd, name = tempfile.mkstemp(**names)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
+        yield tmp
+        if folder and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if folder:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, DataError) and is_disk_full(
+                exc, path.parent):
+            raise disk_full_error(path) from exc
+        raise
+
+
+def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
 
     Raises:
         DataError: "no space left on device while writing <path>" when the disk is full (the
             temporary file is removed either way).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException as exc:
-        tmp_path.unlink(missing_ok=True)
-        _raise_disk_full(exc, path)
-        raise
+    return _atomic(path, folder=False)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary sibling directory; swap it in for ``path`` only if the block succeeds.
 
     Raises:
         DataError: "no space left on device while writing <path>" when the disk is full (the
             temporary directory is removed either way).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _raise_disk_full(exc, path)
-        raise
+    return _atomic(path, folder=True)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
