@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -226,14 +227,25 @@ def test_unknown_classifier_method_fails_at_parse_time(tmp_path):
 
 
 def _same_store(a: Path, b: Path) -> None:
-    """Two HDF5 stores hold the same images, attributes and arrays, in the same order."""
+    """Two HDF5 stores hold the same images, attributes and arrays."""
     import h5py
     import numpy as np
 
+    def unhashed(text: str) -> object:
+        """The meta without model fingerprints (they cover input file times, which differ)."""
+        def strip(node: object) -> object:
+            if isinstance(node, dict):
+                return {k: strip(v) for k, v in node.items() if not k.endswith("_hash")}
+            return node
+        return strip(json.loads(text))
+
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for key in ("kind", "classes", "meta"):
+        for key in ("kind", "classes"):
             assert fa.attrs[key] == fb.attrs[key], key
-        assert list(fa["ids"].asstr()[()]) == list(fb["ids"].asstr()[()])
+        assert unhashed(fa.attrs["meta"]) == unhashed(fb.attrs["meta"])
+        # one job lists its images in batch order (same-size batches), a merge in split order;
+        # readers look images up by id
+        assert sorted(fa["ids"].asstr()[()]) == sorted(fb["ids"].asstr()[()])
         for ident in fa["images"]:
             ga, gb = fa["images"][ident], fb["images"][ident]
             assert dict(ga.attrs).keys() == dict(gb.attrs).keys()
@@ -253,7 +265,7 @@ def test_shards_merge_to_the_one_job_outputs(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "tiny", run)
     proc = smk(tmp_path, "--forcerun", "extract_cams_shard", "--until", "merge_predictions",
                config=("cluster={shards: 2}",))
-    jobs = re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, re.M)
+    jobs = re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, re.M)
     assert {"extract_cams_shard", "merge_cams", "make_pseudo_masks_shard", "merge_masks",
             "predict_shard", "merge_predictions"} <= set(jobs), jobs
     assert jobs.count("extract_cams_shard") == 2

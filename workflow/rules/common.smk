@@ -63,21 +63,21 @@ GPU_RULES = {
 }
 
 
-def job_resources(rule):
+def job_resources(name):
     """A rule's resources: its runtime (minutes) and mem_mb from the config's ``resources``
     section (sized by the presets), gpu=1 for the GPU rules, and the SLURM partition from
     ``cluster.gpu_partition`` / ``cluster.cpu_partition`` when set. Resources never rerun a job."""
-    out = dict(config["resources"][rule])
-    partition = config["cluster"]["gpu_partition" if rule in GPU_RULES else "cpu_partition"]
+    out = dict(config["resources"][name])
+    partition = config["cluster"]["gpu_partition" if name in GPU_RULES else "cpu_partition"]
     if partition:
         out["slurm_partition"] = partition
-    if rule in GPU_RULES:
+    if name in GPU_RULES:
         out["gpu"] = 1
-    out["mem_mb"] = _memory_check(rule, out["mem_mb"], partition)
+    out["mem_mb"] = _memory_check(name, out["mem_mb"], partition)
     return out
 
 
-def _memory_check(rule, mem_mb, partition):
+def _memory_check(name, mem_mb, partition):
     """On a cluster executor, refuse a job no node could ever run (it would pend forever)."""
 
     def mem(wildcards):
@@ -86,14 +86,14 @@ def _memory_check(rule, mem_mb, partition):
         from wsss.cluster import check_memory
 
         try:
-            return check_memory(f"resources.{rule}.mem_mb", mem_mb, partition)
+            return check_memory(f"resources.{name}.mem_mb", mem_mb, partition)
         except ConfigError as exc:
             raise WorkflowError(str(exc)) from None
 
     return mem
 
 
-def job_threads(rule):
+def job_threads(name):
     """Threads of a multi-threaded rule: --cores on a workstation (and inside a cluster job), on
     a cluster executor ``cluster.threads`` capped at what a node of its partition offers (a job
     asking for more CPUs than any node has would stay pending forever)."""
@@ -103,7 +103,7 @@ def job_threads(rule):
             return CORES
         from wsss.cluster import threads_for
 
-        partition = config["cluster"]["gpu_partition" if rule in GPU_RULES else "cpu_partition"]
+        partition = config["cluster"]["gpu_partition" if name in GPU_RULES else "cpu_partition"]
         return threads_for(config["cluster"]["threads"], partition)
 
     return threads
@@ -123,6 +123,11 @@ def stage_params(stage, sections):
 
 
 SHARDS = config["cluster"]["shards"]
+
+
+def shard_files(pattern):
+    """The SHARDS files of ``pattern`` (with {split} and {shard}) for one split."""
+    return lambda wildcards: [pattern.format(split=wildcards.split, shard=i) for i in range(SHARDS)]
 
 
 def shard_params(stage, sections):

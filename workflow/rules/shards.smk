@@ -1,11 +1,7 @@
 # cluster.shards > 1: extract_cams, make_pseudo_masks and predict run as SHARDS jobs each (whole
 # same-size batches, wsss/shards.py) and merge_shards writes the split's store in split order;
 # the merged outputs equal one job's. With one shard none of this exists.
-
-
-def shard_files(pattern):
-    """The SHARDS files of ``pattern`` (with {split} and {shard}) for one split."""
-    return lambda wildcards: [pattern.format(split=wildcards.split, shard=i) for i in range(SHARDS)]
+# shard_files is in common.smk.
 
 
 if SHARDS > 1:
