@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from wsss.devices import claim_device, visible_devices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +72,25 @@ def test_a_gpu_stage_claims_a_free_device(tmp_path):
                               capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode != 0  # empty params: the stage itself fails, after the claim
     assert "using GPU 1 of 0,1 (CUDA_VISIBLE_DEVICES=1" in log.read_text()
+
+
+def test_a_job_of_several_processes_claims_that_many_free_devices(tmp_path, monkeypatch):
+    """A 2-process training job on 4 GPUs, one of them taken, gets the first two free ones; a
+    job asking for more GPUs than are visible is refused naming the key."""
+    import fcntl
+
+    from wsss.errors import ConfigError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with open(tmp_path / "gpu-0.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with claim_device(["0", "1", "2", "3"], tmp_path, count=2) as claimed:
+            assert claimed == "1,2" and os.environ["CUDA_VISIBLE_DEVICES"] == "1,2"
+            with claim_device(["0", "1", "2", "3"], tmp_path, poll_seconds=0.05,
+                              count=1) as other:
+                assert other == "3"
+    with claim_device(["4", "5"], tmp_path, count=2) as both:  # the scheduler's two GPUs
+        assert both == "4,5"
+    refused = claim_device(["4", "5"], tmp_path, count=4)
+    with pytest.raises(ConfigError, match="cluster.gpus_per_job: 4 processes need 4 GPUs, 2"):
+        refused.__enter__()

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 STAGES = ("prepare_data", "train_classifier", "extract_cams", "fuse_cams", "eval_seeds",
           "make_ir_labels", "train_irn", "make_pseudo_masks", "eval_masks", "train_segmentation",
@@ -42,7 +43,6 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 def _remove_stale_temps(outputs: object, log: logging.Logger) -> None:
     """Remove what a killed earlier run of this stage left half-written: the atomic writers'
     temporary siblings of its outputs and of the resume state next to them (``_state/``)."""
-    from pathlib import Path
 
     from wsss.io.atomic import remove_stale_temps
 
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--log", default=None, help="log file (also receives progress bars)")
     args = parser.parse_args(argv)
+    from wsss.train.distributed import TRAINING_STAGES, current_world
+
+    world = current_world()  # rank r of W under torchrun; rank 0 of 1 otherwise
     # Snakemake and SLURM stop jobs with SIGTERM: turn it into an exception so that atomic
     # writers remove their temporary files (resume state is kept, it is not an output).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -94,13 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     log_stream = sys.stderr
     if args.log:
         os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
-        log_stream = open(args.log, "w", buffering=1)  # noqa: SIM115 (lives for the process)
+        # under torchrun the launching process has opened the log: the ranks append to it
+        log_stream = open(args.log, "a" if world.size > 1 else "w",  # noqa: SIM115 (lives for
+                          buffering=1)                                # the process)
         handlers.append(logging.StreamHandler(log_stream))
-        console = logging.StreamHandler(sys.stderr)
-        console.setLevel(logging.WARNING)
-        # the final error goes to the log only: the console gets one printed line instead
-        console.addFilter(lambda record: not getattr(record, "log_only", False))
-        handlers.append(console)
+        if world.is_main:  # ranks above 0 log their warnings to the file only
+            console = logging.StreamHandler(sys.stderr)
+            console.setLevel(logging.WARNING)
+            # the final error goes to the log only: the console gets one printed line instead
+            console.addFilter(lambda record: not getattr(record, "log_only", False))
+            handlers.append(console)
+        else:
+            handlers[-1].setLevel(logging.WARNING)
         sys.stderr = log_stream  # tqdm and warnings go to the log file
     else:
         handlers.append(logging.StreamHandler(sys.stderr))
@@ -117,32 +125,64 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as exc:
         log.error("--params / --options is not valid JSON: %s", exc)
         return 2
+    processes = int(options.pop("processes", 1)) if args.stage in TRAINING_STAGES else 1
     params = _merge(params, options)
+    if world.size > 1:  # a rank started by launch() below: the launcher claimed the devices
+        from wsss.train.distributed import init_process_group
+
+        init_process_group(world, params.get("device", "auto"))
+        return _run_stage(args, params, log, world.is_main)
     with contextlib.ExitStack() as resources:
         if args.stage in GPU_STAGES and params.get("device") != "cpu":
-            # one free GPU of several, before CUDA starts (wsss.devices)
-            resources.enter_context(claim_device())
+            # free GPUs of several, before CUDA starts (wsss.devices)
+            resources.enter_context(claim_device(count=processes))
+        if processes > 1:
+            return _launch(args, argv, processes, log)
         return _run_stage(args, params, log)
 
 
-def _run_stage(args: argparse.Namespace, params: dict, log: logging.Logger) -> int:
-    """Import and run the stage; one line for an expected error, the traceback otherwise."""
+def _launch(args: argparse.Namespace, argv: list[str], processes: int,
+            log: logging.Logger) -> int:
+    """Run the training stage as ``processes`` ranks under torchrun (wsss.train.distributed).
+    Exit status 2 when rank 0 stopped on a user error (it printed its one line), else 1 with
+    one line naming the log."""
+    from wsss.train.distributed import launch
+
+    _remove_stale_temps(_pairs(args.output, "--output").values(), log)
+    if launch(argv, processes):
+        return 0
+    text = Path(args.log).read_text() if args.log else ""
+    if " ERROR wsss: error: " in text:
+        return 2
+    print(f"wsss {args.stage}: a training process failed; see {args.log or 'the output above'}",
+          file=sys.__stderr__)
+    return 1
+
+
+def _run_stage(args: argparse.Namespace, params: dict, log: logging.Logger,
+               main: bool = True) -> int:
+    """Import and run the stage; one line for an expected error, the traceback otherwise.
+    ``main``: this process writes (false for the ranks above 0 under torchrun)."""
     import torch
 
     from wsss.errors import WsssError
+    from wsss.train.distributed import current_world
 
-    torch.set_num_threads(max(1, args.threads))
+    # the job's threads are shared by its ranks under torchrun
+    torch.set_num_threads(max(1, args.threads // current_world().size))
     t0 = time.time()
     log.info("stage %s: inputs %s outputs %s threads %d", args.stage, args.input, args.output,
              args.threads)
     outputs = _pairs(args.output, "--output")
-    _remove_stale_temps(outputs.values(), log)
+    if main:
+        _remove_stale_temps(outputs.values(), log)
     try:
         module = importlib.import_module(f"wsss.stages.{args.stage}")
         module.run(_pairs(args.input, "--input"), outputs, params, threads=args.threads)
     except WsssError as exc:
         log.error("error: %s", exc, extra={"log_only": True})
-        print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)
+        if main:  # the other ranks stop on the same error
+            print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)
         return 2
     except Exception as exc:
         log.exception("stage %s failed after %.1f s", args.stage, time.time() - t0,

@@ -57,6 +57,12 @@ def check_consistency(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"config key predict.split: {config['predict']['split']!r} is not one "
                           f"of the prepared splits {', '.join(SPLITS)}")
     THRESHOLD_RULES.get(rule).check(config["ir_labels"])
+    processes = config["cluster"]["gpus_per_job"]
+    for section in ("classifier", "irn", "segmentation"):
+        if config[section]["batch_size"] % processes:
+            raise ConfigError(f"config key {section}.batch_size: {config[section]['batch_size']} "
+                              f"is not divisible by cluster.gpus_per_job = {processes} (each "
+                              f"training process takes an equal slice of the global batch)")
 
 
 def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

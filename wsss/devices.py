@@ -6,7 +6,8 @@ GPU 0. So a GPU stage claims one device itself before CUDA starts: it takes the 
 the visible list whose lock file it can lock (``fcntl.flock``, released by the kernel when the
 process ends, even on SIGKILL), sets ``CUDA_VISIBLE_DEVICES`` to it, and waits when all are
 taken. Under SLURM (or with ``CUDA_VISIBLE_DEVICES`` set to one device) there is nothing to
-choose. The lock files are per machine and user (``$TMPDIR/wsss-gpu-locks-<uid>/``).
+choose. A training job of ``cluster.gpus_per_job`` processes claims that many devices at once.
+The lock files are per machine and user (``$TMPDIR/wsss-gpu-locks-<uid>/``).
 """
 
 from __future__ import annotations
@@ -53,22 +54,32 @@ def default_lock_dir() -> Path:
 
 @contextlib.contextmanager
 def claim_device(devices: list[str] | None = None, lock_dir: Path | None = None,
-                 poll_seconds: float = 1.0) -> Iterator[str | None]:
-    """Claim one free device of ``devices`` (default :func:`visible_devices`) for the block and
-    set ``CUDA_VISIBLE_DEVICES`` to it; yields the device, or None when there is none.
+                 poll_seconds: float = 1.0, count: int = 1) -> Iterator[str | None]:
+    """Claim ``count`` free devices of ``devices`` (default :func:`visible_devices`) for the
+    block and set ``CUDA_VISIBLE_DEVICES`` to them; yields them comma-joined, or None when there
+    is none (a training job of several processes then runs them on the CPU).
 
-    With one device or none nothing is locked (the scheduler gave this job its device). With
-    several, the first unlocked one is taken; when all are taken the call waits, polling every
-    ``poll_seconds``, and says so once in the log.
+    With no more devices than ``count`` nothing is locked (the scheduler gave this job its
+    devices). With more, the first unlocked ones are taken; when fewer than ``count`` are free
+    the call waits, polling every ``poll_seconds``, and says so once in the log.
+
+    Raises:
+        ConfigError: ``count`` devices are asked for and fewer are visible.
     """
     devices = visible_devices() if devices is None else devices
-    if len(devices) <= 1:
-        yield devices[0] if devices else None
+    if devices and len(devices) < count:
+        from wsss.errors import ConfigError
+
+        raise ConfigError(f"config key cluster.gpus_per_job: {count} processes need {count} "
+                          f"GPUs, {len(devices)} visible ({','.join(devices)})")
+    if len(devices) <= count:
+        yield ",".join(devices) if devices else None
         return
     lock_dir = lock_dir or default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
+        held = []
         for device in devices:
             handle = open(lock_dir / f"gpu-{device}.lock", "a+")  # noqa: SIM115 (held below)
             try:
@@ -76,17 +87,28 @@ def claim_device(devices: list[str] | None = None, lock_dir: Path | None = None,
             except BlockingIOError:
                 handle.close()
                 continue
-            os.environ["CUDA_VISIBLE_DEVICES"] = device
-            log.info("using GPU %s of %s (CUDA_VISIBLE_DEVICES=%s; lock %s)", device,
-                     ",".join(devices), device, handle.name)
+            held.append((device, handle))
+            if len(held) == count:
+                break
+        if len(held) == count:
+            claimed = ",".join(d for d, _ in held)
+            os.environ["CUDA_VISIBLE_DEVICES"] = claimed
+            log.info("using GPU %s of %s (CUDA_VISIBLE_DEVICES=%s; locks in %s)", claimed,
+                     ",".join(devices), claimed, lock_dir)
             try:
-                yield device
+                yield claimed
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                _release(held)
             return
+        _release(held)
         if not waited:
-            log.info("all %d GPUs (%s) are in use by other wsss jobs; waiting for one",
-                     len(devices), ",".join(devices))
+            log.info("fewer than %d of the %d GPUs (%s) are free of other wsss jobs; waiting",
+                     count, len(devices), ",".join(devices))
             waited = True
         time.sleep(poll_seconds)
+
+
+def _release(held: list) -> None:
+    for _, handle in held:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

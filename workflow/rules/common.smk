@@ -61,6 +61,8 @@ GPU_RULES = {
     "train_segmentation",
     "predict",
 }
+# GPU rules that train: cluster.gpus_per_job processes under torchrun (wsss.train.distributed).
+TRAINING_RULES = {"train_classifier", "train_irn", "train_segmentation"}
 
 
 def job_resources(name):
@@ -72,7 +74,7 @@ def job_resources(name):
     if partition:
         out["slurm_partition"] = partition
     if name in GPU_RULES:
-        out["gpu"] = 1
+        out["gpu"] = config["cluster"]["gpus_per_job"] if name in TRAINING_RULES else 1
     out["mem_mb"] = _memory_check(name, out["mem_mb"], partition)
     return out
 
@@ -113,12 +115,16 @@ def stage_params(stage, sections):
     """A stage rule's params: ``cfg``, its config sections without the execution-only keys, and
     ``code``, the hash of the code its run() reaches (wsss.codehash), both compared by Snakemake,
     so a changed setting or a changed line of reached code reruns the stage and its descendants;
-    and ``opts``, the execution-only keys (num_workers, save_every_steps), which Snakemake does
-    not compare: changing them reruns nothing."""
+    and ``opts``, the execution-only keys (num_workers, save_every_steps, and for a training
+    stage the processes of cluster.gpus_per_job), which Snakemake does not compare: changing
+    them reruns nothing."""
+    opts = only_execution(sections)
+    if stage in TRAINING_RULES:
+        opts["processes"] = config["cluster"]["gpus_per_job"]
     return {
         "cfg": as_params(without_execution(sections)),
         "code": code_hash(stage),
-        "opts": Untracked(as_params(only_execution(sections))),
+        "opts": Untracked(as_params(opts)),
     }
 
 

@@ -73,10 +73,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     mean, std = input_stats(net.backbone)
     ds = SegmentationCrops(records, masks, cfg["mask"], len(classes), cfg["crop"],
                            tuple(cfg["rescale"]), mean, std, seed)
-    model: nn.Module = net
-    if device.type == "cuda" and torch.cuda.device_count() > 1:
-        log.info("training on %d GPUs with DataParallel", torch.cuda.device_count())
-        model = nn.DataParallel(net)
+    model: nn.Module = net  # several GPUs: cluster.gpus_per_job (wsss.train.distributed)
     optim = cfg["optim"]
     opt = build_optimizer(param_groups(net, optim["lr"], optim["head_lr_mult"]), optim["name"],
                           optim["weight_decay"], optim["momentum"])

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from wsss.train.distributed import World, current_world, per_process_batch, process_slice
 from wsss.train.rng import epoch_generator, seed_worker
 
 
@@ -28,10 +29,17 @@ class EpochDataset(Protocol):
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch), started at ``start`` (for resuming)."""
+    """A shuffled order that depends only on (seed, epoch), in whole global batches of
+    ``batch_size``, from batch ``start_step`` on (for resuming). Under torchrun each process
+    takes its slice of every global batch (:func:`wsss.train.distributed.process_slice`); one
+    process takes the whole batches."""
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
-        self.order = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()[start:]
+    def __init__(self, n: int, seed: int, epoch: int, batch_size: int, start_step: int = 0,
+                 world: World | None = None) -> None:
+        world = world or World()
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
+        share = batch_size // world.size
+        self.order = process_slice(order, batch_size, world)[start_step * share:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order)
@@ -46,13 +54,20 @@ def epoch_loader(dataset: EpochDataset, batch_size: int, seed: int, epoch: int, 
 
     Sets ``dataset.epoch``; the order is :class:`EpochSampler`'s, the loader's generator and
     worker seeds come from (seed, epoch) (:mod:`wsss.train.rng`), so neither a resume nor
-    ``num_workers`` changes a batch.
+    ``num_workers`` changes a batch. ``batch_size`` is the global batch: under torchrun
+    (:mod:`wsss.train.distributed`) this process loads its ``batch_size / processes`` images of
+    each one.
+
+    Raises:
+        ConfigError: when ``batch_size`` does not divide by the number of processes.
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"expected a torch Dataset, got {type(dataset).__name__}")
+    world = current_world()
+    share = per_process_batch(batch_size, world, "batch_size")
     dataset.epoch = epoch
-    sampler = EpochSampler(len(dataset), seed, epoch, start_step * batch_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+    sampler = EpochSampler(len(dataset), seed, epoch, batch_size, start_step, world)
+    return DataLoader(dataset, batch_size=share, sampler=sampler, drop_last=True,
                       num_workers=num_workers, pin_memory=pin_memory,
                       generator=epoch_generator(seed, epoch), worker_init_fn=seed_worker)
 

@@ -17,7 +17,11 @@ the loop owns everything else:
   fingerprint (:func:`fingerprint`): model, optimizers, GradScaler, the global RNGs (torch CPU
   and CUDA, NumPy, Python) and the position, so a killed run resumes to the weights of an
   uninterrupted one;
-* tqdm progress and one metrics row per epoch.
+* tqdm progress and one metrics row per epoch;
+* data-parallel training under torchrun (:mod:`wsss.train.distributed`): the gradients are
+  averaged over the processes after each backward, the loss terms averaged and the tallies
+  summed before the checks and the metrics, rank 0's weights given to every process after a
+  restore, and only rank 0 saves, evaluates at the epoch end and writes.
 
 A metrics row holds ``epoch``, ``steps``, ``lr`` (the first param group of the first optimizer
 at the epoch's last step), the mean of each of the task's ``terms`` over the epoch's steps (NaN
@@ -43,6 +47,13 @@ from tqdm import tqdm
 from wsss.errors import WsssError
 from wsss.hashing import config_hash, without_execution
 from wsss.io.checkpoint import load_state, save_state
+from wsss.train.distributed import (
+    all_mean,
+    all_sum,
+    average_gradients,
+    broadcast_weights,
+    current_world,
+)
 from wsss.train.optim import set_lr
 from wsss.train.rng import rng_state, set_rng_state
 from wsss.train.utils import autocast, run_signature
@@ -211,6 +222,13 @@ class _Trainer:
     def __init__(self, task: Task, settings: LoopSettings, state_path: Path, fingerprint: str,
                  device: torch.device) -> None:
         self.task, self.settings, self.device = task, settings, device
+        self.world = current_world()
+        # every trained parameter once (the optimizers' groups), for the gradient average
+        seen: dict[int, nn.Parameter] = {}
+        for opt in task.optimizers.values():
+            for group in opt.param_groups:
+                seen.update((id(p), p) for p in group["params"])
+        self.params = list(seen.values())
         self.scaler = torch.amp.GradScaler(device.type,
                                            enabled=settings.amp and device.type == "cuda")
         objects: dict[str, Stateful] = {"model": task.model, "scaler": self.scaler}
@@ -238,11 +256,13 @@ class _Trainer:
             raise self._stop(f"non-finite weights after {self._position(progress)} "
                              f"({len(bad)} tensor(s), e.g. {bad[0]}; that step's loss terms: "
                              f"{_format_terms(last_terms)})")
-        self.run.save(progress)
+        if self.world.is_main:
+            self.run.save(progress)
         self.saved = self._position(progress)
 
     def restore(self) -> Progress:
         progress = self.run.restore()
+        broadcast_weights(self.task.model, self.world)
         if progress.epoch or progress.step:
             self.saved = self._position(progress)
         return progress
@@ -257,19 +277,21 @@ class _Trainer:
         values: dict[str, float] = {}
         bar = tqdm(task.loader(epoch, progress.step), total=steps, initial=progress.step,
                    desc=f"{task.stage} epoch {epoch + 1}/{settings.epochs}", mininterval=5,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=not self.world.is_main)
         for batch in bar:
             set_lr(optimizers, progress.global_step, self.total, settings.warmup_steps)
             ctx = StepContext(epoch, progress.step, self.device, settings.amp)
             terms, tallies = task.step(batch, ctx)
-            values = dict(zip(terms, torch.stack([t.detach().float() for t in terms.values()])
-                              .tolist(), strict=True))
+            values = all_mean(dict(zip(terms, torch.stack(
+                [t.detach().float() for t in terms.values()]).tolist(), strict=True)), self.world)
+            tallies = all_sum({k: float(v) for k, v in tallies.items()}, self.world)
             if not all(math.isfinite(v) for v in values.values()):
                 raise self._stop(f"non-finite loss at epoch {epoch + 1} step {progress.step + 1} "
                                  f"({_format_terms(values)})")
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
+            average_gradients(self.params, self.world)
             for opt in optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
@@ -290,7 +312,8 @@ class _Trainer:
                                "lr": optimizers[0].param_groups[0]["lr"]}
         row.update({t: progress.sums[t] / done if t in progress.sums else math.nan
                     for t in task.terms})
-        row.update(task.end_epoch(epoch, progress.tallies))
+        if self.world.is_main:  # held-out scores, warnings: rank 0 alone
+            row.update(task.end_epoch(epoch, progress.tallies))
         row["seconds"] = round(progress.seconds + time.perf_counter() - t0, 1)
         log.info("epoch %d: %s", epoch + 1, ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -324,6 +347,8 @@ def train_stage(task: Task, section: Mapping[str, Any], outputs: Mapping[str, st
 
     progress = train(task, LoopSettings.from_section(section),
                      Path(outputs["model"]).parent / "_state" / "last.pt", key, device)
+    if not current_world().is_main:
+        return progress
     save_model()
     with atomic_path(outputs["metrics"]) as tmp:
         pd.DataFrame(progress.rows).to_csv(tmp, index=False)
