@@ -131,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         from wsss.train.distributed import init_process_group
 
         init_process_group(world, params.get("device", "auto"))
-        return _run_stage(args, params, log, world.is_main)
+        try:
+            return _run_stage(args, params, log, world.is_main)
+        finally:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
     with contextlib.ExitStack() as resources:
         if args.stage in GPU_STAGES and params.get("device") != "cpu":
             # free GPUs of several, before CUDA starts (wsss.devices)
