@@ -147,6 +147,7 @@ def main() -> None:
             split = one_image_split(tmp / size, h, w, label)
             for cap in caps:
                 params = {"cams": cfg["cams"], "classes": classes, "device": "cpu",
+                          "method": cfg["classifier"]["method"],
                           "max_side": cap}
                 out = tmp / size / f"cams_{cap}.h5"
                 res = run_stage(repo, model, split, out, params, args.threads, args.limit_gb,
@@ -161,7 +162,8 @@ def main() -> None:
                 rows.append(row)
                 status = ("ok" if res["rc"] == 0 else
                           "TIMEOUT" if res["timed_out"] else
-                          f"FAILED rc {res['rc']}" + (" (memory limit)" if res["oom"] else ""))
+                          f"FAILED rc {res['rc']}" + (" (memory limit)" if res["oom"] else "")
+                          + (f": {res['tail'][0]}" if res["tail"] else ""))
                 print(f"{size:>10} {mp:5.2f} MP  max_side {str(cap):>5}: peak RSS "
                       f"{res['peak_mb']:8.0f} MB  (+{grow:7.0f} MB over 64x64 = "
                       f"{row['mb_per_mp']:6.0f} MB/MP)  {res['seconds']:6.1f} s  {status}",
