@@ -4,6 +4,7 @@ processes taking half of each global batch train like one process with the whole
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -131,3 +132,17 @@ def test_training_rules_ask_for_their_gpus_and_pass_the_processes(tmp_path):
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines()
              if re.match(r"(Shell command: )?python -m wsss train_", ln)]
     assert len(lines) == 3 and all(re.search(r'"processes":2[,}]', ln) for ln in lines), lines
+
+
+def test_more_processes_than_gpus_is_one_line(data, tmp_path):  # noqa: F811
+    """A 2-process job where one GPU is visible stops before training, naming the key."""
+    cmd, model = _stage_call("train_classifier", data, tmp_path, batch_size=4)
+    cmd = [a.replace('"device": "cpu"', '"device": "auto"') for a in cmd]
+    cmd += ["--options", json.dumps({"processes": 2})]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "wsss train_classifier: error: config key cluster.gpus_per_job: 2 processes need 2 GPUs, "
+        "1 visible (0)")
+    assert not model.exists()

@@ -140,7 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as resources:
         if args.stage in GPU_STAGES and params.get("device") != "cpu":
             # free GPUs of several, before CUDA starts (wsss.devices)
-            resources.enter_context(claim_device(count=processes))
+            from wsss.errors import WsssError
+
+            try:
+                resources.enter_context(claim_device(count=processes))
+            except WsssError as exc:  # more processes than GPUs
+                log.error("error: %s", exc, extra={"log_only": True})
+                print(f"wsss {args.stage}: error: {exc}", file=sys.__stderr__)
+                return 2
         if processes > 1:
             return _launch(args, argv, processes, log)
         return _run_stage(args, params, log)
