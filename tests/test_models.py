@@ -134,3 +134,36 @@ def test_edge_map_pads_to_the_training_crop_like_irn():
     assert net.edge_map(x).shape == (2, 10, 13)
     assert not torch.allclose(net.edge_map(x), got, atol=1e-4)
     assert net.edge_map(torch.randn(1, 3, 80, 40), pad_to=64).shape == (1, 20, 10)  # larger side
+
+
+HYBRID = {"name": "tf_efficientnet_lite0", "pretrained": "efficientnet_lite0"}
+
+
+def test_hybrid_vit_reads_tokens_from_the_pretrained_stem():
+    """A hybrid ViT (classifier.vit.hybrid): tokens on the CNN branch's stride-16 grid, also for
+    sides that are not multiples of 16, the packaged ImageNet stem's weights in place, the
+    attention readable both ways, and the stem among the BatchNorm-frozen CNNs."""
+    torch.manual_seed(0)
+    vit = {"name": "vit_tiny_patch16_224", "pretrained": "none", "kwargs": {"depth": 2},
+           "hybrid": HYBRID}
+    model = CoBraNet(3, CNN, vit, COBRA).eval()
+    lite0 = create_backbone("tf_efficientnet_lite0", "efficientnet_lite0")
+    stem = model.vit.stem
+    assert torch.equal(stem.conv_stem.weight, lite0.conv_stem.weight)
+    assert stem.feature_info.reduction() == [16] and model.pretrained_cnns()[1] is stem
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 80))
+        cams = model.cams(torch.randn(1, 3, 72, 88))  # 5x6 grid: the stem pads like the CNN
+        cls = model.vit(torch.randn(1, 3, 72, 88), attention="cls")
+        full = model.vit(torch.randn(1, 3, 72, 88), attention="full")
+    assert out["cnn_cam"].shape == out["vit_cam"].shape == (2, 4, 4, 5)
+    assert out["attn"].shape == (2, 21, 21)
+    assert cams["cnn"].shape == cams["tran"].shape == (1, 3, 5, 6)
+    assert cls["attn_cls"].shape == (1, 31) and full["attn"].shape == (1, 31, 31)
+    assert torch.allclose(full["attn"].sum(-1), torch.full((1, 31), 2.0), atol=1e-4)
+
+
+def test_hybrid_vit_with_pretrained_blocks_is_refused():
+    vit = {"name": "vit_tiny_patch16_224", "pretrained": "timm", "kwargs": {}, "hybrid": HYBRID}
+    with pytest.raises(ConfigError, match="config key classifier.vit.pretrained: a hybrid ViT"):
+        CoBraNet(3, CNN, vit, COBRA)

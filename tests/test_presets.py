@@ -127,6 +127,14 @@ def _config(**sections: dict) -> dict:
       "fusion": "cnn", "ir_labels": {"threshold": "attention"}},
      r"ir_labels\.threshold: 'attention'"),
     ({"predict": {"split": "test"}}, r"predict\.split: 'test'"),
+    ({"classifier": {"method": "cobra", "cnn": {"name": "resnet18"}, "freeze_prefixes": [],
+                     "vit": {"name": "vit_tiny_patch16_224",
+                             "hybrid": {"name": "no_such_cnn"}}}},
+     r"classifier\.vit\.hybrid\.name: .*no_such_cnn"),
+    ({"classifier": {"method": "cobra", "cnn": {"name": "resnet18"}, "freeze_prefixes": [],
+                     "vit": {"name": "vit_tiny_patch16_224", "pretrained": "timm",
+                             "hybrid": {"name": "resnet18"}}}},
+     r"classifier\.vit\.pretrained: a hybrid ViT's blocks start from random weights"),
     ({"segmentation": {"backbone": {"name": "resnet18", "pretrained": "~/no/such.pth"},
                        "freeze_prefixes": []}},
      r"segmentation\.backbone\.pretrained: weights file not found: /.*/no/such\.pth"),
@@ -135,6 +143,15 @@ def test_parse_time_checks_name_the_key(sections: dict, key: str) -> None:
     config = _config(**sections)
     with pytest.raises(ConfigError, match=key):
         check_config(config, len(classes_for(config["dataset"])))
+
+
+def test_a_hybrid_vit_passes_the_parse_time_checks() -> None:
+    config = _config(classifier={"method": "cobra", "cnn": {"name": "resnet18"},
+                                 "freeze_prefixes": [],
+                                 "vit": {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2},
+                                         "hybrid": {"name": "resnet18"}}})
+    assert config["classifier"]["vit"]["hybrid"] == {"name": "resnet18", "pretrained": "none"}
+    check_config(config, len(classes_for(config["dataset"])))
 
 
 def test_presets_pass_the_parse_time_checks() -> None:

@@ -69,7 +69,10 @@ def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The backbones a config trains from, by config key (the ViT only for ``cobra``)."""
     out = {"classifier.cnn": config["classifier"]["cnn"]}
     if config["classifier"]["method"] == "cobra":
-        out["classifier.vit"] = config["classifier"]["vit"]
+        vit = config["classifier"]["vit"]
+        out["classifier.vit"] = vit
+        if vit["hybrid"]:
+            out["classifier.vit.hybrid"] = vit["hybrid"]
     out["irn.backbone"] = config["irn"]["backbone"]
     out["segmentation.backbone"] = config["segmentation"]["backbone"]
     return out
@@ -158,8 +161,10 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
     freeze_prefixes(branch.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
     if cls["method"] == "cobra":
         vit = cls["vit"]
-        build("classifier.vit", lambda: ViTBranch(vit["name"], "none", n_classes,
-                                                  kwargs=vit["kwargs"]))
+        hybrid = vit["hybrid"] and {**vit["hybrid"], "pretrained": "none"}
+        build("classifier.vit", lambda: ViTBranch(vit["name"], vit["pretrained"] if hybrid
+                                                  else "none", n_classes,
+                                                  kwargs=vit["kwargs"], hybrid=hybrid))
     irn = config["irn"]["backbone"]
     build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
     seg = json.loads(json.dumps(config["segmentation"]))

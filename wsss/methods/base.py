@@ -57,6 +57,11 @@ class ClassifierMethod(nn.Module):
         optimised with ``classifier.<b>_optim``."""
         raise NotImplementedError
 
+    def pretrained_cnns(self) -> list[nn.Module]:
+        """The pretrained CNNs whose BatchNorm ``classifier.freeze_bn`` freezes (IRN's frozen
+        BatchNorm): by default the ``cnn`` branch's backbone."""
+        return [self.cnn.backbone]
+
     def epoch_columns(self, epoch: int) -> dict[str, Any]:
         """Extra metrics columns of 0-based ``epoch`` (none by default)."""
         return {}

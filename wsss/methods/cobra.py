@@ -34,7 +34,11 @@ class CoBraNet(ClassifierMethod):
         self.cnn = CNNBranch(cnn["name"], cnn["pretrained"], n_classes + 1, proj,
                              kwargs=cnn["kwargs"])
         self.vit = ViTBranch(vit["name"], vit["pretrained"], n_classes + 1, proj,
-                             kwargs=vit["kwargs"])
+                             kwargs=vit["kwargs"], hybrid=vit.get("hybrid"))
+
+    def pretrained_cnns(self) -> list[nn.Module]:
+        """The CNN branch's backbone and a hybrid ViT's stem."""
+        return [self.cnn.backbone] + ([self.vit.stem] if self.vit.stem is not None else [])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return CAM logits, projections and the layer-summed attention of both branches."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
+from wsss.errors import ConfigError
 from wsss.models.weights import create_backbone
 
 
@@ -46,6 +49,34 @@ class CNNBranch(nn.Module):
         return _trainable(self.backbone)
 
 
+# A hybrid ViT's tokens are its stem's stride-16 features: the grid of the CNN branch and of a
+# patch-16 ViT, so the two branches' maps align cell for cell.
+HYBRID_STRIDE = 16
+
+
+def hybrid_stem(name: str, pretrained: str, stride: int) -> nn.Module:
+    """The ``features_only`` timm CNN ``name`` (weights ``pretrained``) cut at its deepest
+    feature level of reduction ``stride``: the token source of a hybrid ViT (Dosovitskiy et
+    al., ICLR 2021, Sec. 3.1 "Hybrid Architecture").
+
+    Raises:
+        ConfigError: naming ``classifier.vit.hybrid.name`` when timm does not know the CNN or
+            it has no feature level at ``stride``.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"config key classifier.vit.hybrid.name: timm does not know the model "
+                          f"{name!r} (see timm.list_models())")
+    probe = create_backbone(name, "none", features_only=True)
+    reductions = probe.feature_info.reduction()
+    if stride not in reductions:
+        raise ConfigError(f"config key classifier.vit.hybrid.name: {name!r} has no feature "
+                          f"level at stride {stride} (its levels: {reductions})")
+    level = max(i for i, r in enumerate(reductions) if r == stride)
+    return create_backbone(name, pretrained, features_only=True, out_indices=(level,))
+
+
 class ViTBranch(nn.Module):
     """SAK branch: timm ViT, 3x3 CAM head on patch tokens, 1x1 projection, per-layer attention.
 
@@ -59,14 +90,37 @@ class ViTBranch(nn.Module):
       fused attention (``scaled_dot_product_attention``, no T x T matrix kept) and hooks on
       ``q_norm`` / ``k_norm`` compute the CLS query's row softmax(q_cls k^T / sqrt(d)): O(T)
       memory per layer instead of O(T^2); same values to float precision.
+
+    ``hybrid`` (``classifier.vit.hybrid``: ``name``, ``pretrained`` of a timm CNN) makes it a
+    hybrid ViT (Dosovitskiy et al., ICLR 2021, Sec. 3.1): the tokens are the CNN's stride-16
+    features through a 1x1 projection (timm ``HybridEmbed``) instead of 16x16 patches, so the
+    self-attention starts from pretrained semantic features where no ViT weights are at hand;
+    the blocks start from random weights. ``stem`` is that CNN (its BatchNorm is frozen with
+    ``classifier.freeze_bn``).
     """
 
     def __init__(self, name: str, pretrained: str, n_out: int, proj_dim: int | None = None,
-                 kwargs: dict | None = None) -> None:
+                 kwargs: dict | None = None, hybrid: dict | None = None) -> None:
         super().__init__()
         kwargs = dict(kwargs or {})
         kwargs.setdefault("dynamic_img_size", True)
         kwargs.setdefault("dynamic_img_pad", True)  # same ceil(H/16) grid as the CNN
+        # ``hybrid``: the pretrained CNN stem (HybridEmbed.backbone) or None for a plain ViT
+        self.stem: nn.Module | None = None
+        if hybrid:
+            if pretrained != "none":
+                raise ConfigError("config key classifier.vit.pretrained: a hybrid ViT's blocks "
+                                  "start from random weights (its stem is pretrained through "
+                                  f"classifier.vit.hybrid.pretrained); use none, not "
+                                  f"{pretrained!r}")
+            from timm.layers import HybridEmbed
+
+            self.stem = hybrid_stem(hybrid["name"], hybrid["pretrained"], HYBRID_STRIDE)
+            kwargs["embed_layer"] = partial(HybridEmbed, backbone=self.stem,
+                                            feature_size=224 // HYBRID_STRIDE,
+                                            feature_ratio=HYBRID_STRIDE)
+            kwargs.update(patch_size=1, img_size=224)  # one token per stem feature
+            pretrained = "none"
         self.vit = create_backbone(name, pretrained, num_classes=0, **kwargs)
         blocks = getattr(self.vit, "blocks", None)
         needed = ("attn_drop", "q_norm", "k_norm", "scale", "fused_attn")
@@ -77,7 +131,8 @@ class ViTBranch(nn.Module):
                              "q_norm, k_norm)")
         dim = self.vit.num_features
         self.n_prefix = int(getattr(self.vit, "num_prefix_tokens", 1))
-        self.stride = int(self.vit.patch_embed.patch_size[0])
+        self.stride = HYBRID_STRIDE if self.stem is not None else \
+            int(self.vit.patch_embed.patch_size[0])
         self.cam_head = nn.Conv2d(dim, n_out, 3, padding=1, bias=False)
         self.proj = nn.Conv2d(dim, proj_dim, 1) if proj_dim else None
         self._mode = "full"
@@ -118,7 +173,7 @@ class ViTBranch(nn.Module):
         (B, T), the CLS token's row, with ``attention="cls"``; T = prefix + h*w tokens."""
         if attention not in ("full", "cls"):
             raise ValueError(f"attention must be 'full' or 'cls', got {attention!r}")
-        h, w = self.vit.patch_embed.dynamic_feat_size(x.shape[-2:])
+        h, w = self.grid(x.shape[-2:])
         for block in self.vit.blocks:
             block.attn.fused_attn = attention == "cls"
         self._mode, self._sum, self._q_cls = attention, None, None
@@ -128,12 +183,22 @@ class ViTBranch(nn.Module):
         finally:
             self._sum, self._q_cls = None, None
         assert attn is not None
+        if tokens.shape[1] != self.n_prefix + h * w:
+            raise RuntimeError(f"the ViT gave {tokens.shape[1] - self.n_prefix} patch tokens for "
+                               f"a {tuple(x.shape[-2:])} image, expected {h}x{w}")
         patches = tokens[:, self.n_prefix:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
         out = {"cam": self.cam_head(patches),
                ("attn" if attention == "full" else "attn_cls"): attn}
         if self.proj is not None:
             out["proj"] = self.proj(patches)
         return out
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) token grid of an (H, W) image: ceil(H / stride), ceil(W / stride) (a
+        patch ViT pads the image, a hybrid's stem pads its convolutions)."""
+        if self.stem is not None:
+            return -(-size[0] // self.stride), -(-size[1] // self.stride)
+        return self.vit.patch_embed.dynamic_feat_size(size)
 
     def semantic_agnostic(self, attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Return A_obj = CLS-to-patch attention (TS-CAM) as a (B, h, w) map, CoBra Sec. 3.4,

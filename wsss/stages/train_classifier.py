@@ -61,7 +61,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                                    mean, std, seed)
     held_loader = DataLoader(WholeImages(held_recs, len(names), mean, std), batch_size=1)
     if cfg["freeze_bn"]:
-        freeze_batchnorm(model.cnn.backbone, affine=False)
+        for cnn in model.pretrained_cnns():
+            freeze_batchnorm(cnn, affine=False)
     freeze_prefixes(model.cnn.backbone, cfg["freeze_prefixes"], "classifier.freeze_prefixes")
     branches = model.param_groups()
     optimizers = {b: branch_optimizer(backbone, heads, cfg[f"{b}_optim"])
@@ -70,7 +71,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     def train_mode() -> None:
         model.train()
         if cfg["freeze_bn"]:
-            freeze_batchnorm(model.cnn.backbone, affine=False)
+            for cnn in model.pretrained_cnns():
+                freeze_batchnorm(cnn, affine=False)
 
     def step(batch_: Any, ctx: StepContext) -> tuple[dict, dict[str, float]]:
         img, lab = (t.to(device, non_blocking=True) for t in batch_)
