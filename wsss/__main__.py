@@ -43,7 +43,6 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 def _remove_stale_temps(outputs: object, log: logging.Logger) -> None:
     """Remove what a killed earlier run of this stage left half-written: the atomic writers'
     temporary siblings of its outputs and of the resume state next to them (``_state/``)."""
-
     from wsss.io.atomic import remove_stale_temps
 
     for output in outputs:  # type: ignore[attr-defined]
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--log", default=None, help="log file (also receives progress bars)")
     args = parser.parse_args(argv)
-    from wsss.train.distributed import TRAINING_STAGES, current_world
+    from wsss.devices import TRAINING_STAGES
+    from wsss.train.distributed import current_world
 
     world = current_world()  # rank r of W under torchrun; rank 0 of 1 otherwise
     # Snakemake and SLURM stop jobs with SIGTERM: turn it into an exception so that atomic

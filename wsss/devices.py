@@ -25,9 +25,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Stages that run a network on their device (their rules ask for gpu=1).
+# Stages that run a network on their device (their rules ask for gpu=1), and those of them that
+# train: cluster.gpus_per_job processes under torchrun (wsss.train.distributed), gpu=N. Imported
+# by the Snakefile at parse time, so this module does not import torch.
 GPU_STAGES = frozenset({"train_classifier", "extract_cams", "train_irn", "make_pseudo_masks",
                         "train_segmentation", "predict"})
+TRAINING_STAGES = frozenset({"train_classifier", "train_irn", "train_segmentation"})
 
 
 def visible_devices() -> list[str]:

@@ -9,6 +9,7 @@ from wsss.checks import check_config
 from wsss.config import repeated_configfile_flags, validate_config
 from wsss.data.dataset_classes import classes_for
 from wsss.codehash import code_hash
+from wsss.devices import GPU_STAGES, TRAINING_STAGES
 from wsss.hashing import Untracked, as_params, only_execution, without_execution
 from wsss.errors import ConfigError
 
@@ -52,17 +53,10 @@ def _total_cores():
 
 
 CORES = _total_cores()
-# Rules whose stage runs a network: they ask for a GPU (resources gpu=1; SLURM --gpus=1).
-GPU_RULES = {
-    "train_classifier",
-    "extract_cams",
-    "train_irn",
-    "make_pseudo_masks",
-    "train_segmentation",
-    "predict",
-}
-# GPU rules that train: cluster.gpus_per_job processes under torchrun (wsss.train.distributed).
-TRAINING_RULES = {"train_classifier", "train_irn", "train_segmentation"}
+# Rules whose stage runs a network ask for a GPU (resources gpu=1; SLURM --gpus=1); the training
+# ones for cluster.gpus_per_job (torchrun processes). One list with the stages: wsss.devices.
+GPU_RULES = GPU_STAGES
+TRAINING_RULES = TRAINING_STAGES
 
 
 def job_resources(name):

@@ -38,9 +38,6 @@ from wsss.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Stages that run under torchrun with cluster.gpus_per_job > 1.
-TRAINING_STAGES = frozenset({"train_classifier", "train_irn", "train_segmentation"})
-
 
 @dataclasses.dataclass(frozen=True)
 class World:
