@@ -116,7 +116,7 @@ def _config(**sections: dict) -> dict:
      r"classifier\.freeze_prefixes: no parameter starts with 'layer9'"),
     ({"classifier": {"method": "cobra", "cnn": {"name": "tf_efficientnet_lite0"},
                      "freeze_prefixes": [], "vit": {"name": "resnet18"}}},
-     r"classifier\.vit\.(name|kwargs)"),
+     r"classifier\.vit\.name: 'resnet18' is not a timm ViT"),
     ({"irn": {"backbone": {"name": "no_such_net"}}}, r"irn\.backbone\.name: .*no_such_net"),
     ({"classifier": {"method": "cobra", "cnn": {"name": "resnet18", "kwargs": {"foo": 1}},
                      "freeze_prefixes": []}},
@@ -135,6 +135,14 @@ def _config(**sections: dict) -> dict:
                      "vit": {"name": "vit_tiny_patch16_224", "pretrained": "timm",
                              "hybrid": {"name": "resnet18"}}}},
      r"classifier\.vit\.pretrained: a hybrid ViT's blocks start from random weights"),
+    ({"classifier": {"method": "cobra", "cnn": {"name": "resnet18"}, "freeze_prefixes": [],
+                     "crop": 120, "vit": {"name": "vit_tiny_patch16_224",
+                                          "hybrid": {"name": "resnet18"}}}},
+     r"classifier\.crop: 120 is not a multiple of the hybrid stem's stride 16"),
+    ({"classifier": {"method": "cobra", "cnn": {"name": "resnet18"}, "freeze_prefixes": [],
+                     "vit": {"name": "vit_tiny_patch16_224",
+                             "hybrid": {"name": "resnet18", "freeze_prefixes": ["blocks.0"]}}}},
+     r"classifier\.vit\.hybrid\.freeze_prefixes: no parameter starts with 'blocks\.0'"),
     ({"segmentation": {"backbone": {"name": "resnet18", "pretrained": "~/no/such.pth"},
                        "freeze_prefixes": []}},
      r"segmentation\.backbone\.pretrained: weights file not found: /.*/no/such\.pth"),
@@ -150,7 +158,8 @@ def test_a_hybrid_vit_passes_the_parse_time_checks() -> None:
                                  "freeze_prefixes": [],
                                  "vit": {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2},
                                          "hybrid": {"name": "resnet18"}}})
-    assert config["classifier"]["vit"]["hybrid"] == {"name": "resnet18", "pretrained": "none"}
+    assert config["classifier"]["vit"]["hybrid"] == {"name": "resnet18", "pretrained": "none",
+                                                     "freeze_prefixes": []}
     check_config(config, len(classes_for(config["dataset"])))
 
 

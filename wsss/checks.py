@@ -162,9 +162,18 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
     if cls["method"] == "cobra":
         vit = cls["vit"]
         hybrid = vit["hybrid"] and {**vit["hybrid"], "pretrained": "none"}
-        build("classifier.vit", lambda: ViTBranch(vit["name"], vit["pretrained"] if hybrid
-                                                  else "none", n_classes,
-                                                  kwargs=vit["kwargs"], hybrid=hybrid))
+        branch = build("classifier.vit", lambda: ViTBranch(vit["name"], vit["pretrained"]
+                                                           if hybrid else "none", n_classes,
+                                                           kwargs=vit["kwargs"], hybrid=hybrid))
+        if hybrid:
+            freeze_prefixes(branch.stem, hybrid["freeze_prefixes"],
+                            "classifier.vit.hybrid.freeze_prefixes")
+            if cls["crop"] % branch.stride:
+                # a crop off the stem's grid pads the last row/column of tokens on every step
+                fit = cls["crop"] // branch.stride * branch.stride or branch.stride
+                raise ConfigError(f"config key classifier.crop: {cls['crop']} is not a multiple "
+                                  f"of the hybrid stem's stride {branch.stride} "
+                                  f"(classifier.vit.hybrid); use e.g. {fit}")
     irn = config["irn"]["backbone"]
     build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
     seg = json.loads(json.dumps(config["segmentation"]))

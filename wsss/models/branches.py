@@ -121,7 +121,13 @@ class ViTBranch(nn.Module):
                                             feature_ratio=HYBRID_STRIDE)
             kwargs.update(patch_size=1, img_size=224)  # one token per stem feature
             pretrained = "none"
-        self.vit = create_backbone(name, pretrained, num_classes=0, **kwargs)
+        try:
+            self.vit = create_backbone(name, pretrained, num_classes=0, **kwargs)
+        except TypeError as exc:
+            if "dynamic_img" not in str(exc):
+                raise
+            raise ValueError(f"{name!r} is not a timm ViT: it has no token grid (no "
+                             "dynamic_img_size) and no self-attention to read") from None
         blocks = getattr(self.vit, "blocks", None)
         needed = ("attn_drop", "q_norm", "k_norm", "scale", "fused_attn")
         if blocks is None or not all(hasattr(b, "attn") and all(hasattr(b.attn, a)

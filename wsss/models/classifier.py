@@ -60,6 +60,8 @@ def load_classifier(path: str | os.PathLike[str], device: torch.device,
     for branch in ("cnn", "vit"):
         if branch in cfg:
             cfg[branch] = {**cfg[branch], "pretrained": "none"}
+    if cfg.get("vit", {}).get("hybrid"):
+        cfg["vit"] = {**cfg["vit"], "hybrid": {**cfg["vit"]["hybrid"], "pretrained": "none"}}
     model = build_classifier(cfg, len(meta["classes"]) - 1)
     model.load_state_dict(state)
     return model.to(device).eval(), meta

@@ -64,6 +64,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         for cnn in model.pretrained_cnns():
             freeze_batchnorm(cnn, affine=False)
     freeze_prefixes(model.cnn.backbone, cfg["freeze_prefixes"], "classifier.freeze_prefixes")
+    hybrid = cfg.get("vit", {}).get("hybrid")
+    if hybrid and model.vit.stem is not None:
+        freeze_prefixes(model.vit.stem, hybrid["freeze_prefixes"],
+                        "classifier.vit.hybrid.freeze_prefixes")
     branches = model.param_groups()
     optimizers = {b: branch_optimizer(backbone, heads, cfg[f"{b}_optim"])
                   for b, (backbone, heads) in branches.items()}
