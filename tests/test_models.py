@@ -167,3 +167,26 @@ def test_hybrid_vit_with_pretrained_blocks_is_refused():
     vit = {"name": "vit_tiny_patch16_224", "pretrained": "timm", "kwargs": {}, "hybrid": HYBRID}
     with pytest.raises(ConfigError, match="config key classifier.vit.pretrained: a hybrid ViT"):
         CoBraNet(3, CNN, vit, COBRA)
+
+
+@pytest.mark.parametrize("name, stride, prefix", [
+    ("deit_tiny_distilled_patch16_224", 16, 2),  # CLS + distillation token
+    ("vit_tiny_r_s16_p8_224", 32, 1),            # timm's ResNet hybrid: stem /16 x patch 8
+])
+def test_any_timm_vit_gives_its_grid_and_cls_attention(name, stride, prefix):
+    """The branch reads any timm VisionTransformer: token stride from its patch embedding, the
+    grid a hybrid's stem actually gives (its padded convolutions round up), the CLS row after
+    every prefix token."""
+    from wsss.models.branches import ViTBranch
+
+    torch.manual_seed(0)
+    branch = ViTBranch(name, "none", 4, 8, kwargs={"depth": 1}).eval()
+    assert branch.stride == stride and branch.n_prefix == prefix
+    with torch.no_grad():
+        full = branch(torch.randn(1, 3, 100, 70))
+        cls = branch(torch.randn(1, 3, 100, 70), attention="cls")
+    grid = (-(-100 // stride), -(-70 // stride))
+    assert full["cam"].shape[-2:] == grid and cls["cam"].shape[-2:] == grid
+    n = prefix + grid[0] * grid[1]
+    assert full["attn"].shape == (1, n, n) and cls["attn_cls"].shape == (1, n)
+    assert branch.semantic_agnostic(cls["attn_cls"], grid).shape == (1, *grid)

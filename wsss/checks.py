@@ -156,9 +156,9 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
 
     cls = config["classifier"]
     cnn = cls["cnn"]
-    branch = build("classifier.cnn", lambda: CNNBranch(cnn["name"], "none", n_classes,
-                                                       kwargs=cnn["kwargs"]))
-    freeze_prefixes(branch.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
+    cnn_branch = build("classifier.cnn", lambda: CNNBranch(cnn["name"], "none", n_classes,
+                                                           kwargs=cnn["kwargs"]))
+    freeze_prefixes(cnn_branch.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
     if cls["method"] == "cobra":
         vit = cls["vit"]
         hybrid = vit["hybrid"] and {**vit["hybrid"], "pretrained": "none"}
@@ -168,12 +168,18 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
         if hybrid:
             freeze_prefixes(branch.stem, hybrid["freeze_prefixes"],
                             "classifier.vit.hybrid.freeze_prefixes")
-            if cls["crop"] % branch.stride:
-                # a crop off the stem's grid pads the last row/column of tokens on every step
-                fit = cls["crop"] // branch.stride * branch.stride or branch.stride
-                raise ConfigError(f"config key classifier.crop: {cls['crop']} is not a multiple "
-                                  f"of the hybrid stem's stride {branch.stride} "
-                                  f"(classifier.vit.hybrid); use e.g. {fit}")
+        if branch.stride != cnn_branch.stride:
+            # CAP (CoBra Eq. 1) pairs each CNN cell with the ViT token at the same place
+            raise ConfigError(f"config key classifier.vit.name: {vit['name']!r} has token "
+                              f"stride {branch.stride}, the CNN branch {cnn_branch.stride}: "
+                              "CoBra's CAP loss pairs each CNN cell with the ViT token at the "
+                              f"same place; use a ViT with {cnn_branch.stride}-px tokens")
+        if cls["crop"] % branch.stride:
+            # a crop off the token grid pads the last row/column of tokens on every step
+            fit = cls["crop"] // branch.stride * branch.stride or branch.stride
+            raise ConfigError(f"config key classifier.crop: {cls['crop']} is not a multiple "
+                              f"of the ViT's token stride {branch.stride} (classifier.vit); "
+                              f"use e.g. {fit}")
     irn = config["irn"]["backbone"]
     build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
     seg = json.loads(json.dumps(config["segmentation"]))

@@ -77,6 +77,29 @@ def hybrid_stem(name: str, pretrained: str, stride: int) -> nn.Module:
     return create_backbone(name, pretrained, features_only=True, out_indices=(level,))
 
 
+def check_readable_vit(name: str, vit: nn.Module) -> None:
+    """Check that ``vit`` is a timm ``VisionTransformer`` whose attention :class:`ViTBranch`
+    can read: every block's ``attn`` is timm's ``Attention`` (softmax(q k^T / sqrt(d)), the
+    matrix its hooks sum; EVA's rotary or BEiT's relative-position attention are not) and a CLS
+    token leads the sequence (CoBra's A_obj is the CLS token's attention, Sec. 3.4).
+
+    Raises:
+        ValueError: saying which of the two ``name`` lacks.
+    """
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(vit, VisionTransformer) or not all(
+            type(b.attn) is Attention for b in vit.blocks):
+        raise ValueError(f"{name!r} is not a timm ViT whose attention can be read (a "
+                         "VisionTransformer with timm's Attention in every block: vit_*, "
+                         "deit_*, flexivit_*, timm's ResNet hybrids vit_*_r*)")
+    if getattr(vit, "cls_token", None) is None:
+        raise ValueError(f"{name!r} has no CLS token: CoBra's semantic-agnostic map A_obj "
+                         "(Sec. 3.4) and the attention threshold read the CLS token's "
+                         "attention")
+
+
 class ViTBranch(nn.Module):
     """SAK branch: timm ViT, 3x3 CAM head on patch tokens, 1x1 projection, per-layer attention.
 
@@ -116,6 +139,8 @@ class ViTBranch(nn.Module):
             from timm.layers import HybridEmbed
 
             self.stem = hybrid_stem(hybrid["name"], hybrid["pretrained"], HYBRID_STRIDE)
+            # NHWC convolutions, as the CNN branch: the stem is most of a hybrid's CPU time
+            self.stem.to(memory_format=torch.channels_last)
             kwargs["embed_layer"] = partial(HybridEmbed, backbone=self.stem,
                                             feature_size=224 // HYBRID_STRIDE,
                                             feature_ratio=HYBRID_STRIDE)
@@ -128,17 +153,18 @@ class ViTBranch(nn.Module):
                 raise
             raise ValueError(f"{name!r} is not a timm ViT: it has no token grid (no "
                              "dynamic_img_size) and no self-attention to read") from None
-        blocks = getattr(self.vit, "blocks", None)
-        needed = ("attn_drop", "q_norm", "k_norm", "scale", "fused_attn")
-        if blocks is None or not all(hasattr(b, "attn") and all(hasattr(b.attn, a)
-                                                                 for a in needed)
-                                     for b in blocks):
-            raise ValueError(f"{name!r} is not a plain timm ViT (blocks[i].attn with attn_drop, "
-                             "q_norm, k_norm)")
+        check_readable_vit(name, self.vit)
         dim = self.vit.num_features
-        self.n_prefix = int(getattr(self.vit, "num_prefix_tokens", 1))
-        self.stride = HYBRID_STRIDE if self.stem is not None else \
-            int(self.vit.patch_embed.patch_size[0])
+        self.n_prefix = int(self.vit.num_prefix_tokens)  # CLS first, then distillation/registers
+        embed = self.vit.patch_embed
+        # the token stride: a patch ViT's patch size, a hybrid's stem reduction x patch size
+        self.stride = int(embed.feat_ratio())
+        # A hybrid's grid is whatever its stem gives (a padded convolution rounds up, timm's
+        # dynamic_feat_size rounds down): read it off the stem's output on every forward.
+        self._stem_hw: tuple[int, int] | None = None
+        if hasattr(embed, "backbone"):
+            embed.backbone.register_forward_hook(self._keep_stem_size)
+        blocks = self.vit.blocks
         self.cam_head = nn.Conv2d(dim, n_out, 3, padding=1, bias=False)
         self.proj = nn.Conv2d(dim, proj_dim, 1) if proj_dim else None
         self._mode = "full"
@@ -179,16 +205,18 @@ class ViTBranch(nn.Module):
         (B, T), the CLS token's row, with ``attention="cls"``; T = prefix + h*w tokens."""
         if attention not in ("full", "cls"):
             raise ValueError(f"attention must be 'full' or 'cls', got {attention!r}")
-        h, w = self.grid(x.shape[-2:])
         for block in self.vit.blocks:
             block.attn.fused_attn = attention == "cls"
-        self._mode, self._sum, self._q_cls = attention, None, None
+        self._mode, self._sum, self._q_cls, self._stem_hw = attention, None, None, None
+        if self.stem is not None:
+            x = x.contiguous(memory_format=torch.channels_last)
         try:
             tokens = self.vit.forward_features(x)
             attn = self._sum
         finally:
             self._sum, self._q_cls = None, None
         assert attn is not None
+        h, w = self._token_grid() or self.grid(x.shape[-2:])
         if tokens.shape[1] != self.n_prefix + h * w:
             raise RuntimeError(f"the ViT gave {tokens.shape[1] - self.n_prefix} patch tokens for "
                                f"a {tuple(x.shape[-2:])} image, expected {h}x{w}")
@@ -199,12 +227,21 @@ class ViTBranch(nn.Module):
             out["proj"] = self.proj(patches)
         return out
 
+    def _keep_stem_size(self, module: nn.Module, inputs: tuple, output: object) -> None:
+        feat = output[-1] if isinstance(output, (list, tuple)) else output
+        self._stem_hw = (int(feat.shape[-2]), int(feat.shape[-1]))
+
     def grid(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The (h, w) token grid of an (H, W) image: ceil(H / stride), ceil(W / stride) (a
-        patch ViT pads the image, a hybrid's stem pads its convolutions)."""
-        if self.stem is not None:
-            return -(-size[0] // self.stride), -(-size[1] // self.stride)
-        return self.vit.patch_embed.dynamic_feat_size(size)
+        """The (h, w) token grid of an (H, W) image: ceil(H / stride), ceil(W / stride) for a
+        patch ViT (it pads the image) and for our hybrid (its stem pads its convolutions)."""
+        return -(-size[0] // self.stride), -(-size[1] // self.stride)
+
+    def _token_grid(self) -> tuple[int, int] | None:
+        """The grid of the last forward of a hybrid (stem output / patch size), else None."""
+        if self._stem_hw is None:
+            return None
+        ph, pw = self.vit.patch_embed.patch_size
+        return -(-self._stem_hw[0] // ph), -(-self._stem_hw[1] // pw)
 
     def semantic_agnostic(self, attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Return A_obj = CLS-to-patch attention (TS-CAM) as a (B, h, w) map, CoBra Sec. 3.4,
