@@ -14,6 +14,7 @@ import torch
 
 from wsss.io.checkpoint import load_model, save_model
 from wsss.methods import METHODS, ClassifierMethod
+from wsss.models.fold import fold_for_inference
 from wsss.models.weights import input_stats
 
 
@@ -45,10 +46,12 @@ def save_classifier(path: str | os.PathLike[str], model: ClassifierMethod,
 
 
 def load_classifier(path: str | os.PathLike[str], device: torch.device,
-                    classes: Sequence[str] | None = None, method: str | None = None
-                    ) -> tuple[ClassifierMethod, dict[str, Any]]:
+                    classes: Sequence[str] | None = None, method: str | None = None,
+                    fold: bool = False) -> tuple[ClassifierMethod, dict[str, Any]]:
     """Rebuild a trained classifier from model.pt (weights only, no pickled code), in eval mode;
-    with ``classes`` / ``method``, check it was trained for them.
+    with ``classes`` / ``method``, check it was trained for them; with ``fold``, for CAM
+    inference only, its BatchNorm folded into the convolutions
+    (:func:`wsss.models.fold.fold_for_inference`, checked on :meth:`ClassifierMethod.cams`).
 
     Raises:
         DataError: naming the file when it is unreadable, holds another kind of network, another
@@ -64,4 +67,6 @@ def load_classifier(path: str | os.PathLike[str], device: torch.device,
         cfg["vit"] = {**cfg["vit"], "hybrid": {**cfg["vit"]["hybrid"], "pretrained": "none"}}
     model = build_classifier(cfg, len(meta["classes"]) - 1)
     model.load_state_dict(state)
+    if fold:
+        fold_for_inference(model, model.cams)
     return model.to(device).eval(), meta

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.io.checkpoint import load_model, save_model
+from wsss.models.fold import fold_for_inference
 from wsss.models.weights import create_backbone, input_stats
 
 
@@ -82,9 +83,11 @@ def save_irn(path: str | os.PathLike[str], model: EdgeNet, backbone: Mapping[str
 
 
 def load_irn(path: str | os.PathLike[str], device: torch.device,
-             classes: Sequence[str] | None = None) -> tuple[EdgeNet, dict[str, Any]]:
+             classes: Sequence[str] | None = None, fold: bool = False
+             ) -> tuple[EdgeNet, dict[str, Any]]:
     """Rebuild a trained edge network from irn/model.pt (weights only), in eval mode; with
-    ``classes``, check it was trained on IR labels of them.
+    ``classes``, check it was trained on IR labels of them; with ``fold``, for inference only,
+    its BatchNorm folded into the convolutions (:func:`wsss.models.fold.fold_for_inference`).
 
     Raises:
         DataError: naming the file when it is unreadable, holds another kind of network, other
@@ -94,4 +97,6 @@ def load_irn(path: str | os.PathLike[str], device: torch.device,
     bb = meta["backbone"]
     model = EdgeNet(bb["name"], "none", bb["kwargs"])
     model.load_state_dict(state)
+    if fold:
+        fold_for_inference(model, model)
     return model.to(device).eval(), meta

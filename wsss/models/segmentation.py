@@ -27,6 +27,7 @@ from torch import nn
 
 from wsss.errors import ConfigError
 from wsss.io.checkpoint import load_model, save_model
+from wsss.models.fold import fold_for_inference
 from wsss.models.weights import create_backbone, input_stats
 from wsss.registry import Registry
 
@@ -267,9 +268,11 @@ def save_segmenter(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> 
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu",
-                   classes: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   classes: Sequence[str] | None = None, fold: bool = False
+                   ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved segmenter (no pretrained download) and load its weights, in eval mode;
-    with ``classes``, check it was trained for them.
+    with ``classes``, check it was trained for them; with ``fold``, for inference only, its
+    BatchNorm folded into the convolutions (:func:`wsss.models.fold.fold_for_inference`).
 
     Raises:
         DataError: naming the file when it is unreadable, holds another kind of network, other
@@ -280,4 +283,6 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu",
     cfg["backbone"] = {**cfg["backbone"], "pretrained": "none"}
     model = build_segmenter(cfg, int(meta["n_classes"]))
     model.load_state_dict(state)
+    if fold:
+        fold_for_inference(model, model)
     return model.to(device).eval(), meta

@@ -181,7 +181,7 @@ def segmenter_predictor(model_path: str | Path, predict_cfg: dict[str, Any], dev
     from wsss.segment.prediction import predict_image
     from wsss.train.utils import resolve_device
 
-    model, meta = load_segmenter(model_path, resolve_device(device_name), classes)
+    model, meta = load_segmenter(model_path, resolve_device(device_name), classes, fold=True)
     scales, flip = [float(s) for s in predict_cfg["scales"]], bool(predict_cfg["flip"])
 
     def predict(image: np.ndarray) -> np.ndarray:

@@ -38,7 +38,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     """Extract multi-scale CAMs for every image of a split into an HDF5 store."""
     cfg, classes = params["cams"], params["classes"]
     device = resolve_device(params["device"])
-    model, meta = load_classifier(inputs["model"], device, classes, params["method"])
+    model, meta = load_classifier(inputs["model"], device, classes, params["method"],
+                                  fold=True)
     # cluster.shards: this job's whole same-size batches (wsss.shards); all images otherwise
     records = shard_records(read_split_csv(Path(inputs["split"]), classes), cfg["batch_size"],
                             parse_shard(params.get("shard")))

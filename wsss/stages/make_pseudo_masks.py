@@ -48,7 +48,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cfg, classes = params["masks"], params["classes"]
     rule = mask_rule(cfg)
     device = resolve_device(params["device"])
-    model, meta = load_irn(inputs["irn"], device, classes)
+    model, meta = load_irn(inputs["irn"], device, classes, fold=True)
     seeds = H5Reader(inputs["seeds"], kind="seeds", classes=classes)
     cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
     ir_labels = H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes) \

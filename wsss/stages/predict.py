@@ -48,7 +48,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     cfg, classes, max_side = params["predict"], list(params["classes"]), params["max_side"]
     crf = cfg["crf"] if cfg["crf"]["enabled"] else None
     device = resolve_device(params["device"])
-    model, meta = load_segmenter(inputs["model"], device, classes)
+    model, meta = load_segmenter(inputs["model"], device, classes, fold=True)
     # cluster.shards: every n-th image (wsss.shards); all images otherwise
     records = shard_records(read_split_csv(Path(inputs["split"]), classes), 1,
                             parse_shard(params.get("shard")))
