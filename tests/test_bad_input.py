@@ -292,6 +292,8 @@ def case_train_masks_partly_missing(tmp_path: Path) -> Expect:
         row = table.iloc[0]
         assert row["images"] == 10 and row["miou"] == pytest.approx(1.0)
         assert [row[f"iou_{c}"] for c in CLASSES] == pytest.approx([1.0, 1.0, 1.0])
+        # 0/1 maps: every threshold below 1 is perfect, the first (0.00) is taken and flagged
+        assert row["threshold"] == 0.0 and bool(row["at_sweep_end"])
 
     return Expect(proc, rc=0, logs=[log],
                   message=r"eval_seeds \(.*train\.csv\): 2 of 12 image\(s\) have no ground-truth "

@@ -18,7 +18,7 @@ def test_demo_config_is_valid_and_defaults_filled():
     assert cfg["classifier"]["cobra"]["k_sap_pos"] == 20
     assert cfg["classifier"]["cobra"]["tau"] == 0.1
     assert cfg["classifier"]["vit"]["pretrained"] == "none"
-    assert cfg["seeds"]["sweep_stop"] == 0.6
+    assert cfg["seeds"]["sweep_stop"] == 1.0
 
 
 @pytest.mark.parametrize("override, key", [

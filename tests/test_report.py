@@ -71,9 +71,10 @@ def inputs(tmp_path: Path) -> dict[str, str]:
             ir.add(ident, (h, w), keys, {"label": label}, dtypes={"label": np.uint8})
             masks.add(ident, (h, w), keys, {"mask": label, "mask_crf": np.minimum(label, 1)},
                       dtypes={"mask": np.uint8, "mask_crf": np.uint8})
-    seeds_rows = [{"variant": v, "rule": r, "threshold": 0.3, "miou": m, "selected": v == "fuse",
-                   **_ious(m)} for v, r, m in [("fuse", "sweep", 0.40), ("fuse", "attention", 0.35),
-                                               ("cnn", "sweep", 0.45), ("cnn", "attention", 0.30)]]
+    seeds_rows = [{"variant": v, "rule": r, "threshold": t, "miou": m, "selected": v == "fuse",
+                   "at_sweep_end": t == 1.0, **_ious(m)}
+                  for v, r, t, m in [("fuse", "sweep", 0.3, 0.40), ("fuse", "attention", 0.3, 0.35),
+                                     ("cnn", "sweep", 1.0, 0.45), ("cnn", "attention", 0.3, 0.30)]]
     ir_rows = [{"id": "a", "bg_threshold": 0.1, "fg_threshold": 0.3, "confident_fraction": 0.5,
                 "precision": 0.9},
                {"id": "__total__", "bg_threshold": 0.1, "fg_threshold": 0.3,
@@ -153,13 +154,15 @@ def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
     assert injected[0][1:] == (PARAMS["predict"], "cpu", CLASSES, 1024)  # the cap reaches it
     assert not list(tmp_path.glob("report/.*"))  # no temporary leftovers
     warnings = Path(outs["warnings"]).read_text().splitlines()
-    assert len(warnings) == 4, warnings
+    assert len(warnings) == 5, warnings
     assert warnings[0].startswith("class 'cat' is on every one of the 3 train images: no "
                                   "negative examples")
     assert warnings[1].startswith("class 'dog' is on none of the train images: no positive")
     assert warnings[2] == ("train: 1 of 3 images have no ground-truth mask and were not scored "
                            "(b); seeds, IR labels and pseudo masks were scored on the other 2")
     assert warnings[3].startswith("val: 1 of 3 images have no ground-truth mask")
+    assert warnings[4].startswith("seeds: the best background threshold of cnn (1.00) is an end "
+                                  "of the sweep range")
 
 
 def test_class_table_counts(inputs):

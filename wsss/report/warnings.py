@@ -6,7 +6,9 @@ Three kinds, in this order (see ``docs/data.md``):
   or on none (no positive examples), :func:`wsss.data.coverage.class_warnings`;
 * ground-truth coverage of the scored splits: images without a mask, named (first ids and the
   count), and which stages were scored on the rest;
-* stages whose mIoU is NaN in the summary: nothing could be scored there.
+* stages whose mIoU is NaN in the summary: nothing could be scored there;
+* seed variants whose best sweep threshold is an end of the sweep (``at_sweep_end`` of
+  ``metrics/seeds.csv``): the reported seed optimum may be clipped.
 """
 
 from __future__ import annotations
@@ -51,14 +53,31 @@ def unscored_warning(summary: pd.DataFrame) -> str | None:
     return f"nothing could be scored for: {', '.join(empty)} (mIoU n/a)"
 
 
+def sweep_end_warning(seeds: pd.DataFrame) -> str | None:
+    """A line naming the seed variants whose best sweep threshold is an end of the sweep (None
+    when every optimum is inside it, or the table predates the ``at_sweep_end`` column)."""
+    if "at_sweep_end" not in seeds:
+        return None
+    rows = seeds[(seeds["rule"] == "sweep") & seeds["at_sweep_end"].astype(bool)]
+    if rows.empty:
+        return None
+    named = ", ".join(f"{r.variant} ({r.threshold:.2f})" for r in rows.itertuples())
+    return (f"seeds: the best background threshold of {named} is an end of the sweep range, so "
+            "the optimum may lie beyond it and the seed mIoU is understated; widen "
+            "seeds.sweep_start / seeds.sweep_stop")
+
+
 def report_warnings(classes: pd.DataFrame, train: Sequence[Record], seg_split: str,
-                    seg_records: Sequence[Record], summary: pd.DataFrame) -> list[str]:
+                    seg_records: Sequence[Record], summary: pd.DataFrame,
+                    seeds: pd.DataFrame | None = None) -> list[str]:
     """Every warning of the report, in order; ``seg_records`` is the split the segmenter was
-    scored on (``seg_split``, usually val)."""
+    scored on (``seg_split``, usually val); ``seeds`` the table of ``metrics/seeds.csv``."""
     lines = class_warnings(classes)
     lines.append(coverage_warning("train", train, TRAIN_STAGES))
     lines.append(coverage_warning(seg_split, seg_records, "the segmentation"))
     lines.append(unscored_warning(summary))
+    if seeds is not None:
+        lines.append(sweep_end_warning(seeds))
     return [line for line in lines if line]
 
 

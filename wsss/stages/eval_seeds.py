@@ -1,6 +1,8 @@
 """Stage eval_seeds: seed mIoU of every fusion variant under a threshold sweep and CoBra's
 attention rule, ``metrics/seeds.csv`` (``variant, rule, threshold, miou, selected,
-iou_<class>..., images``; ``images``: how many images were scored).
+at_sweep_end, iou_<class>..., images``; ``images``: how many images were scored;
+``at_sweep_end``: the best sweep threshold is the first or last of the sweep, so the optimum
+may lie outside it: logged here and flagged in the report).
 
 Only images with a ground-truth mask are scored; the others are named in the log
 (:mod:`wsss.data.coverage`). Without any, every row has NaN scores and a NaN sweep threshold.
@@ -79,7 +81,11 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             mious = np.nanmean(ious, axis=1)  # the same classes are present at every t
             best = int(np.nanargmax(mious))
             rows.append(_row(v, "sweep", float(thresholds[best]), ious[best], classes, selected,
-                             len(scored)))
+                             len(scored), at_end=best in (0, len(thresholds) - 1)))
+            if rows[-1]["at_sweep_end"]:
+                log.warning("seeds %s: the best background threshold %.2f is an end of the "
+                            "sweep %.2f-%.2f (seeds.sweep_start / sweep_stop): the optimum may "
+                            "lie beyond it", v, thresholds[best], thresholds[0], thresholds[-1])
         else:  # nothing scored: no best threshold
             rows.append(_row(v, "sweep", float("nan"), ious[0], classes, selected, 0))
         if has_attn:
@@ -95,10 +101,11 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
 
 
 def _row(variant: str, rule: str, threshold: float, iou: np.ndarray, classes: list[str],
-         selected: str, images: int) -> dict[str, Any]:
+         selected: str, images: int, at_end: bool = False) -> dict[str, Any]:
     miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
     row: dict[str, Any] = {"variant": variant, "rule": rule, "threshold": threshold,
-                           "miou": miou, "selected": variant == selected}
+                           "miou": miou, "selected": variant == selected,
+                           "at_sweep_end": bool(at_end)}
     row.update({f"iou_{c}": float(x) for c, x in zip(classes, iou)})
     row["images"] = images
     return row

@@ -14,7 +14,8 @@ outputs: {"summary": report/summary.csv (``stage, variant, miou, iou_<class>...`
           "classes_plot": report/iou_classes.png, "overlays": report/overlays/ (<id>.png each),
           "warnings": report/warnings.txt (one line per warning, :mod:`wsss.report.warnings`:
           classes without positive or negative train images, images without ground truth,
-          stages where nothing could be scored; ``no warnings`` when there are none)}
+          stages where nothing could be scored, seed optima at an end of the sweep; ``no
+          warnings`` when there are none)}
 Everything is checked (metrics columns, overlay ids, store classes) before anything is written.
 """
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from wsss.data.coverage import read_class_table
 from wsss.data.table import read_split_csv
@@ -52,7 +55,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     summary = load_summary(inputs, ir_variant, classes, seg_split)
     records = read_split_csv(Path(inputs["split"]), classes)
     warnings = report_warnings(read_class_table(inputs["classes"]), records, seg_split,
-                               read_split_csv(Path(inputs["seg_split"]), classes), summary)
+                               read_split_csv(Path(inputs["seg_split"]), classes), summary,
+                               pd.read_csv(inputs["seeds_metrics"]))
     chosen = choose_records(records, params["report"]["overlay_images"], inputs["split"])
     with atomic_dir(outputs["overlays"]) as tmp_dir:
         if chosen:
