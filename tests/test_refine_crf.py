@@ -102,6 +102,22 @@ def test_softmax_crf_snaps_soft_boundary_to_colour_edge():
     assert errors(16, 4, 10) == (32 * 7, 0)  # 8 px off and soft: needs more iterations
 
 
+def test_reference_side_scales_the_spatial_windows_per_image():
+    """crf.reference_side: widths given for a 500-px long side act at 128 / 500 of their size on
+    a 128 x 96 image: the same CRF as one with the widths scaled by hand; null keeps pixels."""
+    assert IRN_CRF.reference_side is None and IRN_CRF.windows((128, 96)) == ((3, 3), (50, 5, 10))
+    rel = dataclasses.replace(IRN_CRF, reference_side=500)
+    assert rel.windows((96, 128)) == ((3 * 0.256, 3), (50 * 0.256, 5, 10))
+    by_hand = dataclasses.replace(IRN_CRF, gauss=(3 * 0.256, 3), bilateral=(12.8, 5, 10))
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, (96, 128))
+    assert np.array_equal(label_crf(img, labels, 3, rel), label_crf(img, labels, 3, by_hand))
+    assert not np.array_equal(label_crf(img, labels, 3, rel), label_crf(img, labels, 3, IRN_CRF))
+    section = validate_config({"predict": {"crf": {"reference_side": 500}}})["predict"]["crf"]
+    assert CrfSettings.from_section(section, label=False).reference_side == 500
+
+
 def test_label_crf_cleans_noisy_labels_on_separable_image():
     img = two_colour_image()
     truth = np.zeros((32, 48), dtype=np.int64)

@@ -38,17 +38,19 @@ def _pairs(module: nn.Module, run: Callable[[], Any]) -> list[tuple[nn.Conv2d, s
     """(conv, batch-norm name) for every batch norm of ``module`` whose input, in the forward
     ``run``, is always exactly the output tensor of one and the same of ``module``'s
     convolutions, that convolution feeding no other batch norm."""
-    produced: dict[int, str] = {}
+    # every convolution output stays referenced during the forward, so no later tensor can
+    # reuse its id
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
     feeds: dict[str, set[str | None]] = {}  # batch norm -> the convolutions that fed it
     hooks = []
     for name, m in module.named_modules():
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: produced.__setitem__(id(out), name)))
+                lambda mod, inp, out, name=name: produced.__setitem__(id(out), (name, out))))
         elif _is_batchnorm(m):
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, inp, name=name: feeds.setdefault(name, set()).add(
-                    produced.get(id(inp[0])))))
+                    produced.get(id(inp[0]), (None,))[0])))
     try:
         with torch.no_grad():
             run()
@@ -57,7 +59,7 @@ def _pairs(module: nn.Module, run: Callable[[], Any]) -> list[tuple[nn.Conv2d, s
             h.remove()
     single = {bn: next(iter(convs)) for bn, convs in feeds.items()
               if len(convs) == 1 and None not in convs}
-    fed = [conv for conv in single.values()]
+    fed = list(single.values())
     named = dict(module.named_modules())
     return [(named[conv], bn) for bn, conv in single.items() if fed.count(conv) == 1]
 

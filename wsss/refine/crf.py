@@ -24,12 +24,28 @@ class CrfSettings:
     ``gauss`` = (sxy, compat) of the smoothness kernel, ``bilateral`` = (sxy, srgb, compat) of
     the appearance kernel (Kraehenbuehl & Koltun 2011, Eq. 3), ``iterations`` of mean-field
     inference, ``gt_prob`` the label unary's confidence (None for a softmax CRF).
+
+    ``reference_side``: None, the spatial widths (the two ``sxy``, in pixels) apply as given
+    (the papers' rows, tuned on VOC images of ~500 px); a number, they are widths on an image
+    whose long side is that many pixels, and each image scales them by its long side /
+    ``reference_side`` (:meth:`windows`), so a 128-px image gets a quarter of a VOC window.
     """
 
     gauss: tuple[float, float]
     bilateral: tuple[float, float, float]
     iterations: int
     gt_prob: float | None
+    reference_side: float | None = None
+
+    def windows(self, shape: tuple[int, int]) -> tuple[tuple[float, float],
+                                                       tuple[float, float, float]]:
+        """The (gauss, bilateral) kernels for an image of ``shape`` (H, W): the spatial widths
+        scaled by max(H, W) / ``reference_side`` (unchanged without one)."""
+        if self.reference_side is None:
+            return self.gauss, self.bilateral
+        f = max(shape) / self.reference_side
+        return ((self.gauss[0] * f, self.gauss[1]),
+                (self.bilateral[0] * f, self.bilateral[1], self.bilateral[2]))
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any], label: bool = True) -> CrfSettings:
@@ -39,7 +55,8 @@ class CrfSettings:
                    bilateral=(section["bilateral_sxy"], section["bilateral_srgb"],
                               section["bilateral_compat"]),
                    iterations=int(section["iterations"]),
-                   gt_prob=section["gt_prob"] if label else None)
+                   gt_prob=section["gt_prob"] if label else None,
+                   reference_side=section.get("reference_side"))
 
 
 def _check_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -84,7 +101,7 @@ def label_crf(image: np.ndarray, labels: np.ndarray, n_labels: int,
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels,
                                          gt_prob=settings.gt_prob, zero_unsure=False))
-    _pairwise(crf, rgb, settings.gauss, settings.bilateral)
+    _pairwise(crf, rgb, *settings.windows((h, w)))
     q = np.asarray(crf.inference(settings.iterations), dtype=np.float32).reshape(n_labels, h, w)
     return q.argmax(0).astype(np.uint8)
 
@@ -106,5 +123,5 @@ def softmax_crf(image: np.ndarray, probs: np.ndarray, settings: CrfSettings) -> 
         return np.ones((1, h, w), dtype=np.float32)
     crf = dcrf.DenseCRF2D(w, h, n)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    _pairwise(crf, rgb, settings.gauss, settings.bilateral)
+    _pairwise(crf, rgb, *settings.windows((h, w)))
     return np.asarray(crf.inference(settings.iterations), dtype=np.float32).reshape(n, h, w)
