@@ -3,7 +3,7 @@
 In eval mode a BatchNorm is a per-channel affine map y = (x - mu) / sqrt(var + eps) * gamma +
 beta, so when its input is a convolution's output it can be merged into that convolution:
 W' = W * s, b' = (b - mu) * s + beta with s = gamma / sqrt(var + eps) per output channel. On a
-CPU the BatchNorm of an EfficientNet is ~17 % of an inference forward (``bench/fold.py``); the
+CPU that makes the demo's inference networks 1.05-1.46x faster (``bench/fold.py``); the
 inference stages (extract_cams, make_pseudo_masks, predict) fold their loaded networks. Training
 never folds: it would change what the optimiser updates and the keys a checkpoint holds.
 """
