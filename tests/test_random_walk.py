@@ -280,3 +280,35 @@ def test_mask_rules_hand_made():
     assert (masks_from_walk(cams[:0], [], (5, 5), psa) == 0).all()
     with pytest.raises(ConfigError, match=r"config key masks\.rule: unknown mask rule 'nope'"):
         mask_rule({"rule": "nope"})
+
+
+def test_walk_steps_scale_with_the_image_area():
+    """null keeps IRN's 2^exp_times for every image; a reference side scales the steps by the
+    squared side ratio (diffusion), rounded, at least 1."""
+    from wsss.refine.random_walk import walk_steps
+
+    assert walk_steps(8, 128, None) == 256
+    assert walk_steps(8, 500, 500) == 256
+    assert walk_steps(8, 250, 500) == 64            # 256 / 4
+    assert walk_steps(8, 128, 500) == 17            # 256 * 0.065536 = 16.78
+    assert walk_steps(8, 1000, 500) == 1024
+    assert walk_steps(0, 10, 500) == 1              # 0.0004 rounds to 0: at least one step
+    with pytest.raises(ValueError, match="reference_side"):
+        walk_steps(8, 128, 0)
+    with pytest.raises(ValueError, match="exp_times"):
+        walk_steps(-1, 128, None)
+
+
+def test_walk_with_explicit_steps_equals_the_power_of_two():
+    """steps=2^k is the same walk as exp_times=k; steps=3 is neither the 2- nor the 4-step walk."""
+    gen = torch.Generator().manual_seed(0)
+    cams = torch.rand(2, 9, 11, generator=gen)
+    edge = torch.rand(9, 11, generator=gen) * 0.5
+    four = sparse_random_walk(cams, edge, beta=10, exp_times=2, radius=3)
+    assert torch.allclose(sparse_random_walk(cams, edge, beta=10, exp_times=0, radius=3,
+                                             steps=4), four)
+    three = sparse_random_walk(cams, edge, beta=10, exp_times=0, radius=3, steps=3)
+    two = sparse_random_walk(cams, edge, beta=10, exp_times=1, radius=3)
+    assert not torch.allclose(three, four) and not torch.allclose(three, two)
+    with pytest.raises(ValueError, match="steps"):
+        sparse_random_walk(cams, edge, beta=10, exp_times=0, radius=3, steps=0)

@@ -26,7 +26,7 @@ from wsss.errors import DataError
 from wsss.io.h5store import H5Reader
 from wsss.refine.crf import CrfSettings, label_crf
 from wsss.refine.mask_rules import MaskRule, masks_from_walk
-from wsss.refine.random_walk import sparse_random_walk
+from wsss.refine.random_walk import sparse_random_walk, walk_steps
 
 
 @dataclass
@@ -144,8 +144,9 @@ class Walker:
         stack = torch.zeros(len(seeds), depth, h4, w4, device=self.device)
         for b, (_, ch) in enumerate(seeds):
             stack[b, :ch.shape[0]] = ch.to(self.device)
+        steps = walk_steps(cfg["exp_times"], max(images[0].shape[:2]), cfg["reference_side"])
         rw = sparse_random_walk(stack, edge, beta=cfg["beta"], exp_times=cfg["exp_times"],
-                                radius=cfg["radius"]).cpu()
+                                radius=cfg["radius"], steps=steps).cpu()
         out = []
         for b, (rec, img, size, (keys, ch)) in enumerate(zip(records, images, sizes, seeds,
                                                              strict=True)):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from wsss.refine.paths import pair_affinity, search_offsets
 
-__all__ = ["dense_random_walk", "sparse_random_walk"]
+__all__ = ["dense_random_walk", "sparse_random_walk", "walk_steps"]
 
 
 def _check(cams: torch.Tensor, edge: torch.Tensor, exp_times: int) -> None:
@@ -64,10 +64,35 @@ def _neighbour_weights(edge: torch.Tensor, radius: int,
     return offsets, weights / sums, 1.0 / sums
 
 
+def walk_steps(exp_times: int, side: int, reference_side: float | None) -> int:
+    """Number of walk steps for an image of long side ``side`` pixels.
+
+    ``reference_side`` None: ``2 ** exp_times`` (IRN's setting, for ~500-px VOC images, whatever
+    the image). A number: ``max(1, round(2 ** exp_times * (side / reference_side) ** 2))``. The
+    walk is a diffusion over the stride-4 grid: the mean squared distance a seed travels grows
+    linearly with the step count, so reaching the same fraction of a smaller image takes steps
+    in proportion to the square of its side (IRN's 256 steps over a 32 x 32 grid of a 128-px
+    image spread each seed ~16x further, relative to the image, than over a VOC image's grid).
+
+    Raises:
+        ValueError: ``exp_times`` < 0, ``side`` < 1 or ``reference_side`` <= 0.
+    """
+    if exp_times < 0:
+        raise ValueError(f"exp_times must be >= 0, got {exp_times}")
+    if side < 1:
+        raise ValueError(f"side must be >= 1 pixel, got {side}")
+    if reference_side is None:
+        return 2 ** exp_times
+    if reference_side <= 0:
+        raise ValueError(f"reference_side must be > 0, got {reference_side}")
+    return max(1, round(2 ** exp_times * (side / reference_side) ** 2))
+
+
 @torch.no_grad()
 def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float, exp_times: int,
-                       radius: int) -> torch.Tensor:
-    """IRN random walk of (C, h, w) maps over a (h, w) edge map, as 2**exp_times sparse steps.
+                       radius: int, steps: int | None = None) -> torch.Tensor:
+    """IRN random walk of (C, h, w) maps over a (h, w) edge map, as 2**exp_times sparse steps
+    (or ``steps`` steps when given, e.g. from :func:`walk_steps`).
 
     Same result as :func:`dense_random_walk` (up to rounding). Each step is
     ``y[q] = (x[q] + sum_e A[q, q+e] x[q+e]) / s[q]`` over the ``2 * len(search_offsets(radius))``
@@ -99,7 +124,9 @@ def sparse_random_walk(cams: torch.Tensor, edge: torch.Tensor, beta: float, exp_
     views = [padded[..., margin + ey:margin + ey + h, margin + ex:margin + ex + w]
              for ey, ex in offsets]
     y = torch.empty_like(inner, memory_format=torch.contiguous_format)
-    for _ in range(2 ** exp_times):
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    for _ in range(2 ** exp_times if steps is None else steps):
         torch.mul(inner, self_weight, out=y)
         for k, view in enumerate(views):
             y.addcmul_(view, weights[:, k])
