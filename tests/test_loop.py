@@ -226,6 +226,45 @@ def test_loop_rows_and_a_killed_run_resuming_to_the_same_weights(tmp_path):
             {k: v for k, v in b.items() if k != "seconds"}, nan_ok=True, rel=0, abs=0)
 
 
+class _Counter:
+    """A resumable object besides the weights (as CoSA's threshold queue)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"n": self.n}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.n = state["n"]
+
+
+def test_after_step_hook_and_state_objects(tmp_path):
+    """``after_step`` runs once per step after the optimizer stepped; ``state`` objects travel
+    with the resume state; a section's ``lr_warmup_steps`` reaches the schedule."""
+    task, model = _toy_task(_Toy())
+    counter, seen = _Counter(), []
+
+    def after() -> None:
+        counter.n += 1
+        seen.append(model[1].weight.detach().clone())
+
+    task.after_step, task.state = after, {"counter": counter}
+    train(task, SETTINGS, tmp_path / "last.pt", "fp", CPU)
+    assert counter.n == 8 and torch.equal(seen[-1], model[1].weight)  # after the last step
+    assert not torch.equal(seen[0], seen[1])
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["objects"]["state_counter"] == {"n": 8}
+    task, _ = _toy_task(_Toy())
+    task.state = {"counter": (fresh := _Counter())}
+    train(task, SETTINGS, tmp_path / "last.pt", "fp", CPU)  # nothing left to train
+    assert fresh.n == 8
+    section = {"epochs": 1, "amp": True, "save_every_steps": 0}
+    assert LoopSettings.from_section(section).warmup_steps == 0
+    assert LoopSettings.from_section({**section, "lr_warmup_steps": 5}).warmup_steps == 5
+    assert validate_config({})["classifier"]["lr_warmup_steps"] == 0
+
+
 def test_non_finite_loss_stops_keeping_the_last_finite_state(tmp_path):
     task, _ = _toy_task(_Toy(), fail_at=3)
     path = tmp_path / "last.pt"
@@ -320,12 +359,12 @@ def test_schema_methods_are_the_registered_ones():
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     enum = schema["properties"]["classifier"]["properties"]["method"]["enum"]
-    assert enum == list(METHODS.names()) == list(IMPLEMENTED_METHODS) == ["cam", "cobra"]
-    with pytest.raises(ConfigError, match=r"config key classifier\.method: 'cosa' is not one of"):
-        validate_config({"classifier": {"method": "cosa"}})
+    assert enum == list(METHODS.names()) == list(IMPLEMENTED_METHODS) == ["cam", "cobra", "cosa"]
+    with pytest.raises(ConfigError, match=r"config key classifier\.method: 'mct' is not one of"):
+        validate_config({"classifier": {"method": "mct"}})
     with pytest.raises(ConfigError, match=r"config key classifier\.method: unknown classifier "
-                                          r"method 'cosa' \(known: cam, cobra\)"):
-        build_classifier({"method": "cosa"}, 2)
+                                          r"method 'mct' \(known: cam, cobra, cosa\)"):
+        build_classifier({"method": "mct"}, 2)
 
 
 def test_irn_schema_has_the_loop_keys():

@@ -24,7 +24,7 @@ from typing import Any
 
 from wsss.errors import ConfigError
 
-IMPLEMENTED_METHODS = ("cam", "cobra")
+IMPLEMENTED_METHODS = ("cam", "cobra", "cosa")
 SPLITS = ("train", "val")
 
 
@@ -66,8 +66,12 @@ def check_consistency(config: Mapping[str, Any]) -> None:
 
 
 def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The backbones a config trains from, by config key (the ViT only for ``cobra``)."""
-    out = {"classifier.cnn": config["classifier"]["cnn"]}
+    """The backbones a config trains from, by config key (the ViT only for ``cobra``; for
+    ``cosa`` its own backbone instead of ``classifier.cnn``)."""
+    if config["classifier"]["method"] == "cosa":
+        out = {"classifier.cosa.backbone": config["classifier"]["cosa"]["backbone"]}
+    else:
+        out = {"classifier.cnn": config["classifier"]["cnn"]}
     if config["classifier"]["method"] == "cobra":
         vit = config["classifier"]["vit"]
         out["classifier.vit"] = vit
@@ -124,8 +128,9 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
 
     Checks the timm names and keyword arguments, ``classifier.freeze_prefixes`` and
     ``segmentation.freeze_prefixes`` against the built backbones' parameter names, the ViT's
-    attention (CoBra reads it every step), the segmenter's feature strides, and the pretrained
-    weights (:func:`check_pretrained`).
+    attention (CoBra reads it every step), CoSA's auxiliary stage / block
+    (``classifier.cosa.aux_stage`` / ``aux_block``), the segmenter's feature strides, and the
+    pretrained weights (:func:`check_pretrained`).
 
     Raises:
         ConfigError: naming the key.
@@ -133,6 +138,7 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
     import torch
 
     from wsss.models.branches import CNNBranch, ViTBranch
+    from wsss.models.cosa import FeaturePair
     from wsss.models.irn import EdgeNet
     from wsss.models.segmentation import build_segmenter
     from wsss.train.utils import freeze_prefixes
@@ -155,10 +161,18 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
                               f"these settings ({type(exc).__name__}: {exc})") from None
 
     cls = config["classifier"]
-    cnn = cls["cnn"]
-    cnn_branch = build("classifier.cnn", lambda: CNNBranch(cnn["name"], "none", n_classes,
-                                                           kwargs=cnn["kwargs"]))
-    freeze_prefixes(cnn_branch.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
+    if cls["method"] == "cosa":
+        cosa = cls["cosa"]
+        pair = build("classifier.cosa.backbone", lambda: FeaturePair(
+            cosa["backbone"]["name"], "none", cosa["backbone"]["kwargs"], cosa["aux_stage"],
+            cosa["aux_block"]))
+        freeze_prefixes(pair.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
+    else:
+        cnn = cls["cnn"]
+        cnn_branch = build("classifier.cnn", lambda: CNNBranch(cnn["name"], "none", n_classes,
+                                                               kwargs=cnn["kwargs"]))
+        freeze_prefixes(cnn_branch.backbone, cls["freeze_prefixes"],
+                        "classifier.freeze_prefixes")
     if cls["method"] == "cobra":
         vit = cls["vit"]
         hybrid = vit["hybrid"] and {**vit["hybrid"], "pretrained": "none"}

@@ -1,5 +1,5 @@
 rule train_classifier:
-    """Train the CAM classifier (cam | cobra); resumable from classifier/_state/."""
+    """Train the CAM classifier (cam | cobra | cosa); resumable from classifier/_state/."""
     input:
         train=f"{R}/data/train.csv",
     output:

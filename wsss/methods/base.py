@@ -6,10 +6,12 @@ A method is registered under its ``classifier.method`` name with a builder
     @METHODS.register("cam")
     def _build(cfg, n_classes): return CAMNet(n_classes, cfg["cnn"])
 
-The training stage knows nothing else about a method: it builds it, optimises each branch of
+The training stage knows nothing else about a method: it builds it, freezes the parameter-name
+prefixes of :meth:`ClassifierMethod.freeze_targets`, optimises each branch of
 :meth:`ClassifierMethod.param_groups` with that branch's ``classifier.<branch>_optim``, minimises
-``objective(...)["loss"]`` and scores held-out images with :meth:`image_scores`; extract_cams
-calls :meth:`cams`.
+``objective(...)["loss"]``, calls :meth:`ClassifierMethod.after_step` after every optimizer step,
+keeps :meth:`ClassifierMethod.resume_state` in its resume state and scores held-out images with
+:meth:`image_scores`; extract_cams calls :meth:`cams` and stores the maps :attr:`maps` names.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class ClassifierMethod(nn.Module):
 
     name: ClassVar[str]
     loss_terms: ClassVar[tuple[str, ...]]
+    #: The CAM maps :meth:`cams` returns (besides an ``attn`` map), as the CAM store lists
+    #: them (``maps``): what fusion can read.
+    maps: ClassVar[tuple[str, ...]] = ("cnn",)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The training outputs of a normalised image batch (B, 3, H, W)."""
@@ -64,6 +69,25 @@ class ClassifierMethod(nn.Module):
 
     def epoch_columns(self, epoch: int) -> dict[str, Any]:
         """Extra metrics columns of 0-based ``epoch`` (none by default)."""
+        return {}
+
+    def input_backbone(self) -> nn.Module:
+        """The pretrained timm network whose input normalisation (its pretrained config's mean
+        and std) every branch's images get: by default the ``cnn`` branch's backbone."""
+        return self.cnn.backbone
+
+    def freeze_targets(self) -> dict[str, nn.Module]:
+        """{config key of a ``freeze_prefixes`` list: the module whose parameter names it
+        matches}; by default ``classifier.freeze_prefixes`` on the ``cnn`` branch's backbone."""
+        return {"classifier.freeze_prefixes": self.cnn.backbone}
+
+    def after_step(self) -> None:
+        """Called by the training loop after every optimizer step (a no-op by default; CoSA
+        moves its assignment network towards the online network here)."""
+
+    def resume_state(self) -> dict[str, Any]:
+        """Objects with ``state_dict`` / ``load_state_dict`` besides the weights that a resumed
+        training must restore, by name (none by default)."""
         return {}
 
 

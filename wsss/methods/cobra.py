@@ -25,6 +25,7 @@ class CoBraNet(ClassifierMethod):
 
     name = "cobra"
     loss_terms = ("loss", "loss_cls", "loss_cam", "loss_sap", "loss_cap")
+    maps = ("cnn", "tran")
 
     def __init__(self, n_classes: int, cnn: Mapping[str, Any], vit: Mapping[str, Any],
                  cobra: Mapping[str, Any]) -> None:
@@ -39,6 +40,14 @@ class CoBraNet(ClassifierMethod):
     def pretrained_cnns(self) -> list[nn.Module]:
         """The CNN branch's backbone and a hybrid ViT's stem."""
         return [self.cnn.backbone] + ([self.vit.stem] if self.vit.stem is not None else [])
+
+    def freeze_targets(self) -> dict[str, nn.Module]:
+        """The CNN branch's backbone and a hybrid ViT's stem
+        (``classifier.vit.hybrid.freeze_prefixes``)."""
+        targets = super().freeze_targets()
+        if self.vit.stem is not None:
+            targets["classifier.vit.hybrid.freeze_prefixes"] = self.vit.stem
+        return targets
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return CAM logits, projections and the layer-summed attention of both branches."""

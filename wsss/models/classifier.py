@@ -1,7 +1,7 @@
 """The CAM classifier of a config: build it through the method registry, save and load it.
 
 The networks themselves are the classifier methods of :mod:`wsss.methods` (``cam``: IRN's CAM
-net, ``cobra``: CoBra's dual branch).
+net, ``cobra``: CoBra's dual branch, ``cosa``: CoSA's online / assignment pair).
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def build_classifier(cfg: Mapping[str, Any], n_classes: int) -> ClassifierMethod
 
 
 def input_normalization(model: ClassifierMethod) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return (mean, std) of the CNN's pretrained config, used for both branches' input."""
-    return input_stats(model.cnn.backbone)
+    """Return (mean, std) of the method's pretrained config
+    (:meth:`~wsss.methods.base.ClassifierMethod.input_backbone`), used for every branch's
+    input."""
+    return input_stats(model.input_backbone())
 
 
 def save_classifier(path: str | os.PathLike[str], model: ClassifierMethod,
@@ -65,6 +67,9 @@ def load_classifier(path: str | os.PathLike[str], device: torch.device,
             cfg[branch] = {**cfg[branch], "pretrained": "none"}
     if cfg.get("vit", {}).get("hybrid"):
         cfg["vit"] = {**cfg["vit"], "hybrid": {**cfg["vit"]["hybrid"], "pretrained": "none"}}
+    if cfg.get("cosa", {}).get("backbone"):
+        cfg["cosa"] = {**cfg["cosa"], "backbone": {**cfg["cosa"]["backbone"],
+                                                   "pretrained": "none"}}
     model = build_classifier(cfg, len(meta["classes"]) - 1)
     model.load_state_dict(state)
     if fold:

@@ -3,10 +3,12 @@
 params: {"cams": <config section>, "classes": [...], "device": str,
          "max_side": int | None (dataset.max_side; absent: no cap)}
 inputs: {"model": classifier/model.pt, "split": data/<split>.csv};  outputs: {"cams": .h5}
-Per image: ``keys`` (the image's classes), ``cnn`` / ``cnn_strided`` (M_cnn) and, for CoBra,
-``tran`` / ``tran_strided`` (M_tran) max-normalised per class, and ``attn`` (raw multi-scale
-semantic-agnostic attention, strided). Images of the same size are batched; one forward per
-branch per scale yields every map.
+Per image: ``keys`` (the image's classes), ``cnn`` / ``cnn_strided`` (M_cnn; CoSA: the
+assignment network's CAM M') and, for CoBra, ``tran`` / ``tran_strided`` (M_tran), for CoSA
+``aux`` / ``aux_strided`` (its auxiliary CAM M-dagger'), each max-normalised per class, and, for
+CoBra, ``attn`` (raw multi-scale semantic-agnostic attention, strided). The store's ``maps``
+lists the method's CAM maps (:attr:`wsss.methods.base.ClassifierMethod.maps`). Images of the
+same size are batched; one forward per branch per scale yields every map.
 
 Sizes (docs/images.md): an image whose long side exceeds ``max_side`` is resized (bicubic,
 antialiased) to long side ``max_side`` before the multi-scale inference; its full-size maps
@@ -50,7 +52,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     store_meta = {"scales": cfg["scales"], "flip": cfg["flip"], "method": meta["method"],
                   "max_side": max_side,
                   "classifier_hash": meta["config_hash"], "config_hash": config_hash(cfg),
-                  "maps": ["cnn", "tran"] if meta["method"] == "cobra" else ["cnn"],
+                  "maps": list(model.maps),
                   "attn_resolution": "strided", "quantization": cfg["quantization"]}
     log.info("extracting %s CAMs for %d images at scales %s (flip=%s) on %s, long side capped "
              "at %s", meta["method"], len(records), cfg["scales"], cfg["flip"], device, max_side)

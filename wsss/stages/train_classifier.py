@@ -2,7 +2,8 @@
 
 params: {"classifier": <config section>, "classes": [...], "device": str, "seed": int}
 inputs: {"train": data/train.csv};  outputs: {"model": model.pt, "metrics": metrics.csv (per
-epoch: ``epoch, steps, lr``, the method's loss terms, ``aux_losses`` (cobra), ``pos_<class>``:
+epoch: ``epoch, steps, lr``, the method's loss terms and columns (``aux_losses``: cobra, cosa;
+``threshold``: cosa), ``pos_<class>``:
 positive images of each class in the epoch's training batches, held-out mAP/accuracy per
 branch, ``seconds``)}
 Resume state lives in ``<model dir>/_state/`` (not a Snakemake output, so it survives a kill);
@@ -37,6 +38,14 @@ from wsss.train.utils import freeze_batchnorm, freeze_prefixes, resolve_device
 log = logging.getLogger(__name__)
 
 
+def _setting(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value of config key ``classifier.a.b`` in the ``classifier`` section ``cfg``."""
+    node: Any = cfg
+    for part in key.split(".")[1:]:
+        node = node[part]
+    return node
+
+
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         threads: int = 1) -> None:
     """Train the classifier, checkpointing resumable state, and write model.pt + metrics.csv."""
@@ -63,11 +72,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if cfg["freeze_bn"]:
         for cnn in model.pretrained_cnns():
             freeze_batchnorm(cnn, affine=False)
-    freeze_prefixes(model.cnn.backbone, cfg["freeze_prefixes"], "classifier.freeze_prefixes")
-    hybrid = cfg.get("vit", {}).get("hybrid")
-    if hybrid and model.vit.stem is not None:
-        freeze_prefixes(model.vit.stem, hybrid["freeze_prefixes"],
-                        "classifier.vit.hybrid.freeze_prefixes")
+    for key, module in model.freeze_targets().items():
+        freeze_prefixes(module, _setting(cfg, key), key)
     branches = model.param_groups()
     optimizers = {b: branch_optimizer(backbone, heads, cfg[f"{b}_optim"])
                   for b, (backbone, heads) in branches.items()}
@@ -99,7 +105,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                 optimizers=optimizers, steps_per_epoch=len(train_ds) // batch,
                 loader=lambda epoch, start: epoch_loader(train_ds, batch, seed, epoch, start,
                                                          cfg["num_workers"]),
-                step=step, terms=model.loss_terms, end_epoch=end_epoch, train_mode=train_mode)
+                step=step, terms=model.loss_terms, end_epoch=end_epoch, train_mode=train_mode,
+                after_step=model.after_step, state=model.resume_state())
     key = fingerprint("train_classifier", cfg, classes, seed, [r.id for r in records], inputs)
     log.info("training %s on %d images (%d held out), %d epochs x %d steps on %s",
              cfg["method"], len(train_recs), len(held_recs), cfg["epochs"],

@@ -1,11 +1,15 @@
 """One training loop for every trained stage (classifier, IRN, segmenter), resumable.
 
 A stage describes its training as a :class:`Task` (its model and optimizers, a loader factory,
-a step function, its end-of-epoch metrics and its train-mode hook) and calls :func:`train`;
-the loop owns everything else:
+a step function, its end-of-epoch metrics, its train-mode hook and, optionally, an
+``after_step`` hook and more resumable objects) and calls :func:`train`; the loop owns
+everything else:
 
 * the learning rate of every param group at every step (:func:`wsss.train.optim.set_lr`:
-  poly 0.9 on ``base_lr``, optional linear warm-up);
+  poly 0.9 on ``base_lr``, optional linear warm-up over the section's ``lr_warmup_steps``);
+* after every optimizer step (all of the task's optimizers stepped, the GradScaler updated),
+  the task's ``after_step()`` hook when it has one (CoSA's moving-average update of its
+  assignment network), before the step is counted and before any save;
 * mixed precision: the step's forward runs under ``ctx.autocast()`` and the loss is scaled by
   a GradScaler, both enabled by the stage's ``<section>.amp`` on CUDA (no-ops on the CPU);
 * the non-finite check of every loss term at every step, and of the weights before every save:
@@ -14,9 +18,9 @@ the loop owns everything else:
   finite one;
 * resume state (:class:`ResumableRun`, ``<model dir>/_state/last.pt``) every
   ``save_every_steps`` steps and at every epoch end, restored on a rerun with the same
-  fingerprint (:func:`fingerprint`): model, optimizers, GradScaler, the global RNGs (torch CPU
-  and CUDA, NumPy, Python) and the position, so a killed run resumes to the weights of an
-  uninterrupted one;
+  fingerprint (:func:`fingerprint`): model, optimizers, GradScaler, the task's ``state``
+  objects, the global RNGs (torch CPU and CUDA, NumPy, Python) and the position, so a killed
+  run resumes to the weights of an uninterrupted one;
 * tqdm progress and one metrics row per epoch;
 * data-parallel training under torchrun (:mod:`wsss.train.distributed`): the gradients are
   averaged over the processes after each backward, the loss terms averaged and the tallies
@@ -169,7 +173,10 @@ class Task:
     the epoch into ``Progress.tallies``). ``terms``: the loss terms written to the metrics,
     in order. ``end_epoch(epoch, tallies)``: the stage's own metrics columns (it also warns
     about what the epoch lacked). ``train_mode()``: puts the model in training mode at each
-    epoch start (freezing BatchNorm where the stage does).
+    epoch start (freezing BatchNorm where the stage does). ``after_step()`` (optional): called
+    after every optimizer step, once all optimizers have stepped (e.g. a moving-average copy of
+    the weights). ``state`` (optional): more objects with ``state_dict`` / ``load_state_dict``
+    (e.g. a threshold's queue) saved with and restored from the resume state, by name.
     """
 
     stage: str
@@ -183,6 +190,8 @@ class Task:
     terms: Sequence[str]
     end_epoch: Callable[[int, Mapping[str, float]], dict[str, Any]]
     train_mode: Callable[[], None]
+    after_step: Callable[[], None] | None = None
+    state: Mapping[str, Stateful] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,13 +201,15 @@ class LoopSettings:
     epochs: int
     amp: bool
     save_every_steps: int
-    warmup_steps: int = 0  # no config key yet: every stage trains with pure poly
+    warmup_steps: int = 0  # linear lr warm-up steps (0: pure poly)
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> LoopSettings:
-        """``epochs``, ``amp`` and ``save_every_steps`` of a validated config section."""
+        """``epochs``, ``amp``, ``save_every_steps`` and ``lr_warmup_steps`` (0 where the
+        section has no such key) of a validated config section."""
         return cls(epochs=section["epochs"], amp=section["amp"],
-                   save_every_steps=section["save_every_steps"])
+                   save_every_steps=section["save_every_steps"],
+                   warmup_steps=int(section.get("lr_warmup_steps", 0)))
 
 
 def _nonfinite_tensors(module: nn.Module) -> list[str]:
@@ -233,6 +244,7 @@ class _Trainer:
                                            enabled=settings.amp and device.type == "cuda")
         objects: dict[str, Stateful] = {"model": task.model, "scaler": self.scaler}
         objects.update({f"optimizer_{name}": opt for name, opt in task.optimizers.items()})
+        objects.update({f"state_{name}": obj for name, obj in task.state.items()})
         self.run = ResumableRun(state_path, fingerprint, objects)
         self.total = task.steps_per_epoch * settings.epochs
         self.saved: str | None = None  # where the last finite state stands, for messages
@@ -295,6 +307,8 @@ class _Trainer:
             for opt in optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
+            if task.after_step is not None:
+                task.after_step()
             progress.step += 1
             progress.global_step += 1
             for k, v in values.items():
