@@ -25,6 +25,7 @@ include: "workflow/rules/classifier.smk"
 include: "workflow/rules/cams.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/cosa.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/shards.smk"
 
@@ -32,7 +33,9 @@ include: "workflow/rules/shards.smk"
 report: "workflow/report/workflow.rst"
 
 
-# The whole DAG: seeds -> IR labels -> masks -> segmentation -> report.
+# The whole DAG: seeds -> IR labels -> IRN -> masks -> segmentation -> report; with
+# masks.source cpl the masks are the seeds' CAM pseudo labels (no IR labels, no IRN); with
+# classifier.method cosa the report adds CoSA's own segmentation head (metrics/cosa_seg.csv).
 rule all:
     default_target: True
     input:

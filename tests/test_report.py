@@ -108,7 +108,7 @@ def _outputs(root: Path) -> dict[str, str]:
 
 PARAMS = {"report": {"overlay_images": 2},
           "predict": {**validate_config({})["predict"], "scales": [1.0], "flip": False},
-          "classes": CLASSES, "device": "cpu", "max_side": 1024}
+          "classes": CLASSES, "device": "cpu", "max_side": 1024, "method": "cobra"}
 
 
 def _png_size(path: str | Path) -> tuple[int, int]:
@@ -135,8 +135,9 @@ def test_stage_writes_summary_plots_and_sheets(inputs, tmp_path, injected):
     outs = _outputs(tmp_path)
     report.run(inputs, outs, PARAMS)
     summary = pd.read_csv(outs["summary"])
-    assert list(summary.columns[:4]) == ["stage", "variant", "miou", "split"]
+    assert list(summary.columns[:5]) == ["stage", "variant", "miou", "split", "method"]
     assert list(summary["split"]) == ["train"] * 7 + [PARAMS["predict"]["split"]] * 2
+    assert set(summary["method"]) == {"cobra"}  # the run's classifier.method on every row
     assert list(summary["stage"]) == ["seeds"] * 4 + ["ir_labels", "masks", "masks",
                                                       "segmentation", "segmentation"]
     assert list(summary["variant"]) == ["fuse/sweep", "fuse/attention", "cnn/sweep",
@@ -288,3 +289,74 @@ def test_segmenter_of_other_classes_is_refused(inputs, tmp_path):
     _tiny_segmenter(Path(inputs["model"]), ["background", "cat"])
     with pytest.raises(DataError, match=r"model\.pt holds a segmenter for classes"):
         report.run(inputs, _outputs(tmp_path), PARAMS)
+
+
+def test_cosa_cpl_run_has_no_ir_rows_and_its_single_stage_rows(inputs, tmp_path, injected):
+    """``masks.source: cpl`` (no IR labels: no ir_labels row, grey IR panels) with
+    ``classifier.method: cosa`` (cosa_seg rows from metrics/cosa_seg.csv, on its split)."""
+    inputs = {k: v for k, v in inputs.items() if k not in ("ir_metrics", "ir_labels")}
+    inputs["cosa_seg_metrics"] = _write_csv(tmp_path / "cosa_seg.csv", [
+        {"variant": "raw", "miou": 0.70, **_ious(0.70)},
+        {"variant": "crf", "miou": 0.71, **_ious(0.71)}])
+    with H5Writer(tmp_path / "cpl.h5", "masks", CLASSES, {"source": "cpl", "rule": "cpl"}) as w:
+        for ident, size in SIZES.items():
+            w.add(ident, size, np.array([1]), {"mask": np.ones(size, np.uint8)},
+                  dtypes={"mask": np.uint8})
+    inputs["masks"] = str(tmp_path / "cpl.h5")
+    pd.DataFrame([{"variant": "cpl", "rule": "cpl", "miou": 0.58, **_ious(0.58)}]).to_csv(
+        inputs["masks_metrics"], index=False)
+    outs = _outputs(tmp_path)
+    report.run(inputs, outs, {**PARAMS, "method": "cosa", "cosa_split": "val"})
+    summary = pd.read_csv(outs["summary"])
+    assert list(summary["stage"]) == ["seeds"] * 4 + ["masks", "segmentation", "segmentation",
+                                                      "cosa_seg", "cosa_seg"]
+    assert list(summary["variant"])[-5:] == ["cpl", "raw", "crf", "raw", "crf"]
+    assert list(summary["split"])[-2:] == ["val", "val"] and set(summary["method"]) == {"cosa"}
+    assert summary["miou"].tolist()[-2:] == pytest.approx([0.70, 0.71])
+    assert list(best_per_stage(summary)["stage"]) == ["seeds", "masks", "segmentation",
+                                                      "cosa_seg"]
+    assert [p.name for p in sorted(Path(outs["overlays"]).iterdir())] == ["a.png", "b.png"]
+    for key in ("stages_plot", "classes_plot"):
+        assert _png_size(outs[key])[0] > 300
+
+
+def test_methods_side_by_side_stacks_runs(tmp_path, capsys):
+    """bench/methods_side_by_side.py: one mIoU column per run (headed by run and method), the
+    rows of every run in stage order, '-' where a run lacks a row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "methods_side_by_side", Path(__file__).resolve().parent.parent
+        / "bench/methods_side_by_side.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {"demo": [("seeds", "fuse/sweep", "train", 0.50, "cobra"),
+                     ("ir_labels", "gmm", "train", 0.60, "cobra"),
+                     ("masks", "walk_crf", "train", 0.52, "cobra"),
+                     ("segmentation", "crf", "val", 0.52, "cobra")],
+            "demo-cosa": [("seeds", "cnn/sweep", "train", 0.45, "cosa"),
+                          ("seeds", "cnn/cpl", "train", 0.44, "cosa"),
+                          ("masks", "cpl", "train", 0.44, "cosa"),
+                          ("segmentation", "crf", "val", 0.47, "cosa"),
+                          ("cosa_seg", "raw", "val", 0.46, "cosa")]}
+    for run, table in rows.items():
+        (tmp_path / run / "report").mkdir(parents=True)
+        pd.DataFrame(table, columns=["stage", "variant", "split", "miou", "method"]).to_csv(
+            tmp_path / run / "report/summary.csv", index=False)
+    out_csv = tmp_path / "side.csv"
+    assert bench.main([str(tmp_path / "demo"), str(tmp_path / "demo-cosa"), "--csv",
+                       str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "demo (cobra)" in printed and "demo-cosa (cosa)" in printed
+    table = pd.read_csv(out_csv)
+    assert list(table.columns) == ["stage", "variant", "split", "demo (cobra)",
+                                   "demo-cosa (cosa)"]
+    assert list(zip(table["stage"], table["variant"])) == [
+        ("seeds", "fuse/sweep"), ("seeds", "cnn/sweep"), ("seeds", "cnn/cpl"),
+        ("ir_labels", "gmm"), ("masks", "walk_crf"), ("masks", "cpl"), ("segmentation", "crf"),
+        ("cosa_seg", "raw")]
+    seg = table[table["stage"] == "segmentation"].iloc[0]
+    assert (seg["demo (cobra)"], seg["demo-cosa (cosa)"]) == (0.52, 0.47)
+    assert table.loc[table["stage"] == "cosa_seg", "demo (cobra)"].isna().all()
+    with pytest.raises(SystemExit, match="no summary"):
+        bench.main([str(tmp_path / "nothing")])

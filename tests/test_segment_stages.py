@@ -345,3 +345,98 @@ def test_freeze_prefixes_freezes_weights_and_names_bad_keys():
     assert [p.requires_grad for p in net.parameters()] == [False] * 4 + [True] * 2
     with pytest.raises(ConfigError, match="segmentation.freeze_prefixes"):
         freeze_prefixes(net, ["conv_stem"], "segmentation.freeze_prefixes")
+
+
+# ---------------------------------------------------------------- CoSA's single stage
+
+
+def _cosa_classifier(path: Path, dog_bias: float | None = None) -> None:
+    """A tiny CoSA classifier saved as model.pt; with ``dog_bias`` its assignment network's
+    segmentation head says 'dog' at every pixel (zero weights, that bias on class 2)."""
+    from wsss.methods.cosa import CoSANet
+    from wsss.models.classifier import save_classifier
+
+    section = validate_config({"classifier": {"method": "cosa", "freeze_prefixes": [], "cosa": {
+        "backbone": {"name": "test_efficientnet", "pretrained": "none"}, "seg_width": 8,
+        "an_scales": [1.0]}}})["classifier"]
+    torch.manual_seed(0)
+    net = CoSANet(len(CLASSES) - 1, section["cosa"])
+    if dog_bias is not None:
+        last = net.assign.seg_head[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([0.0, 0.0, dog_bias]))
+    save_classifier(path, net, section, CLASSES, "0" * 16)
+
+
+def _predict_cosa(inputs: dict[str, str], out: Path, crf: bool = True, threads: int = 1,
+                  max_side: int | None = None) -> dict[str, str]:
+    from wsss.stages import predict_cosa
+
+    outputs = {"predictions": str(out / "val.h5"), "png": str(out / "val")}
+    params = {"cosa_seg": {"split": "val", "scales": [1.0, 0.5], "flip": True,
+                           "crf": {**CRF, "enabled": crf}},
+              "classes": CLASSES, "device": "cpu", "max_side": max_side}
+    predict_cosa.run(inputs, outputs, params, threads=threads)
+    return outputs
+
+
+def test_predict_cosa_uses_no_image_labels(val_inputs, tmp_path):
+    """CoSA's single stage is predicted from the image alone: a head that says 'dog' everywhere
+    predicts dog on images labelled 'cat' only (CoSA's released evaluation would mask it with
+    the image labels), raw and after the CRF, each image at its own (non-square) size."""
+    _cosa_classifier(tmp_path / "cosa.pt", dog_bias=10.0)
+    inputs = {**val_inputs, "model": str(tmp_path / "cosa.pt")}
+    outputs = _predict_cosa(inputs, tmp_path / "c", threads=2)
+    store = H5Reader(outputs["predictions"], kind="predictions", classes=CLASSES)
+    assert store.ids == list(VAL_SIZES) and store.meta["maps"] == ["raw", "crf"]
+    assert store.meta["network"] == "cosa_assign"
+    cat_only = [i for i, ident in enumerate(VAL_SIZES) if i % 2 == 0]  # labels: cat alone
+    assert cat_only
+    for i, (ident, size) in enumerate(VAL_SIZES.items()):
+        item = store.get(ident)
+        assert item["size"] == size and item["keys"].tolist() == [1 + i % 2]
+        for key in ("raw", "crf"):
+            assert item[key].shape == size and (item[key] == 2).all(), (ident, key)
+        with Image.open(Path(outputs["png"]) / f"{ident}.png") as png:
+            assert png.size == (size[1], size[0])
+    # scored like the segmenter: eval_segmentation reads the store as it is
+    metrics = tmp_path / "cosa_seg.csv"
+    eval_segmentation.run({"predictions": outputs["predictions"], "split": inputs["split"]},
+                          {"metrics": str(metrics)}, {"classes": CLASSES})
+    table = pd.read_csv(metrics)
+    assert list(table["variant"]) == ["raw", "crf"] and list(table["images"]) == [2, 2]
+
+
+def test_predict_cosa_is_the_assignment_networks_multiscale_head(val_inputs, tmp_path):
+    """The raw labels are the argmax of the AN head's multi-scale + flip softmax at the capped
+    size (the predict stage's code), brought back to the image size."""
+    from wsss.data.images import cap_rgb, read_rgb, resize_labels
+    from wsss.models.classifier import load_classifier
+    from wsss.segment.prediction import MethodNet
+
+    _cosa_classifier(tmp_path / "cosa.pt")
+    inputs = {**val_inputs, "model": str(tmp_path / "cosa.pt")}
+    store = H5Reader(_predict_cosa(inputs, tmp_path / "c", crf=False,
+                                   max_side=32)["predictions"])
+    assert store.meta["maps"] == ["raw"] and store.meta["max_side"] == 32
+    net, meta = load_classifier(inputs["model"], torch.device("cpu"), CLASSES, "cosa")
+    for ident, size in VAL_SIZES.items():
+        seen = cap_rgb(read_rgb(tmp_path / f"{ident}.png"), 32)
+        probs = multiscale_probs(MethodNet(net, "seg_logits"),
+                                 normalize(seen, meta["mean"], meta["std"]), [1.0, 0.5], True)
+        assert probs.shape == (len(CLASSES), *seen.shape[:2])
+        expected = resize_labels(predict_labels(probs), size)
+        assert (store.get(ident)["raw"] == expected).mean() > 0.99, ident  # folded BatchNorm
+
+
+def test_predict_cosa_refuses_a_classifier_of_another_method(val_inputs, tmp_path):
+    from wsss.models.classifier import build_classifier, save_classifier
+
+    section = validate_config({"classifier": {"method": "cam", "cnn": {
+        "name": "test_efficientnet", "pretrained": "none"}, "freeze_prefixes": []}})["classifier"]
+    save_classifier(tmp_path / "cam.pt", build_classifier(section, 2), section, CLASSES,
+                    "0" * 16)
+    with pytest.raises(DataError, match="cam"):
+        _predict_cosa({**val_inputs, "model": str(tmp_path / "cam.pt")}, tmp_path / "x")
+    assert not (tmp_path / "x" / "val.h5").exists()

@@ -19,11 +19,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snake
              "--directory", str(ROOT), "--cores", "2"]
 
 
-def smk(results: Path, *args: str, config: tuple[str, ...] = (), check: bool = True
-        ) -> subprocess.CompletedProcess:
-    """Run Snakemake on the tiny preset with artifacts under ``results``."""
-    cmd = SNAKEMAKE + [*args, "--configfile", str(ROOT / "workflow/presets/tiny.yaml"),
-                       "--config", f"results={results}", *config]
+def smk(results: Path, *args: str, config: tuple[str, ...] = (), check: bool = True,
+        overlays: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run Snakemake on the tiny preset (and the ``overlays`` presets over it) with artifacts
+    under ``results``."""
+    files = [str(ROOT / "workflow/presets" / name) for name in ("tiny.yaml", *overlays)]
+    cmd = SNAKEMAKE + [*args, "--configfile", *files, "--config", f"results={results}", *config]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -237,9 +238,75 @@ def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path)
 
 
 def test_unknown_classifier_method_fails_at_parse_time(tmp_path):
-    proc = smk(tmp_path, "-n", config=("classifier={method: cosa}",), check=False)
+    proc = smk(tmp_path, "-n", config=("classifier={method: seam}",), check=False)
     assert proc.returncode == 1
-    assert "config key classifier.method: 'cosa' is not one of" in proc.stdout + proc.stderr
+    assert "config key classifier.method: 'seam' is not one of" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- CoSA (tiny-cosa.yaml overlay)
+
+IRN_RULES = {"make_ir_labels", "train_irn", "make_pseudo_masks"}
+
+
+@pytest.fixture(scope="module")
+def tiny_cosa_run(tmp_path_factory) -> Path:
+    """The tiny DAG with classifier.method cosa and masks.source cpl (CoSA-MS: no IR labels, no
+    IRN), run once for the module."""
+    results = tmp_path_factory.mktemp("results_cosa")
+    smk(results, overlays=("tiny-cosa.yaml",))
+    return results
+
+
+def test_cosa_dag_reaches_the_report_with_cpl_masks_and_its_single_stage(tiny_cosa_run):
+    run = tiny_cosa_run / "tiny-cosa"
+    # CoSA's single stage: the assignment network's head on val, raw and with the test CRF
+    cosa = pd.read_csv(run / "metrics/cosa_seg.csv")
+    assert list(cosa["variant"]) == ["raw", "crf"] and list(cosa["images"]) == [8, 8]
+    assert cosa["miou"].between(0, 1).all()
+    assert len(list((run / "cosa_seg/val").glob("*.png"))) == 8
+    # the CPL scored like every seed, and trained on (masks.source cpl): the same labels
+    seeds = pd.read_csv(run / "metrics/seeds.csv")
+    assert list(zip(seeds["variant"], seeds["rule"])) == [("cnn", "sweep"), ("cnn", "cpl")]
+    assert seeds.loc[1, "threshold"] == 0.5
+    masks = pd.read_csv(run / "metrics/masks.csv")
+    assert list(masks["variant"]) == ["cpl", "cpl_crf"]
+    assert masks.loc[0, "miou"] == pytest.approx(seeds.loc[1, "miou"], abs=1e-4)
+    import h5py
+
+    with h5py.File(run / "masks/train.h5") as f:
+        assert json.loads(f.attrs["meta"])["source"] == "cpl"
+    # no IR labels, no IRN, no walk
+    assert not (run / "ir_labels").exists() and not (run / "irn").exists()
+    for rule in IRN_RULES:
+        assert not list((run / "logs").glob(f"{rule}*")), rule
+    summary = pd.read_csv(run / "report/summary.csv")
+    assert list(summary.columns[:5]) == ["stage", "variant", "miou", "split", "method"]
+    assert set(summary["method"]) == {"cosa"}
+    assert list(dict.fromkeys(summary["stage"])) == ["seeds", "masks", "segmentation",
+                                                     "cosa_seg"]
+    rows = summary.set_index(["stage", "variant"])
+    assert rows.loc[("cosa_seg", "crf"), "miou"] == pytest.approx(cosa.loc[1, "miou"],
+                                                                  abs=1e-4)
+    assert rows.loc[("cosa_seg", "raw"), "split"] == "val"
+    assert len(list((run / "report/overlays").glob("*.png"))) == 2
+    for rule in ("make_cpl_masks_train", "predict_cosa_val", "eval_cosa_seg", "report"):
+        assert (run / "logs" / f"{rule}.log").stat().st_size > 0
+        assert (run / "benchmarks" / f"{rule}.tsv").exists()
+    assert planned_jobs(smk(tiny_cosa_run, "-n", overlays=("tiny-cosa.yaml",))) == set()
+
+
+def test_cosa_rules_follow_their_settings(tiny_cosa_run):
+    """cosa_seg reruns CoSA's single stage and the report only; masks.source walk brings IRN
+    back (and its IR-label row), replacing make_cpl_masks."""
+    dry = ("-n", "--forceall")
+    jobs = planned_jobs(smk(tiny_cosa_run, "-n", overlays=("tiny-cosa.yaml",),
+                            config=("cosa_seg={scales: [1.0, 0.5]}",)))
+    assert jobs == {"predict_cosa", "eval_cosa_seg", "report", "all"}
+    walk = planned_jobs(smk(tiny_cosa_run, *dry, overlays=("tiny-cosa.yaml",),
+                            config=("masks={source: walk}",)))
+    assert IRN_RULES | {"predict_cosa", "eval_cosa_seg"} <= walk and "make_cpl_masks" not in walk
+    cobra = planned_jobs(smk(tiny_cosa_run, *dry))
+    assert not cobra & {"predict_cosa", "eval_cosa_seg", "make_cpl_masks"}
 
 
 def _same_store(a: Path, b: Path) -> None:

@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 STAGES = ("prepare_data", "train_classifier", "extract_cams", "fuse_cams", "eval_seeds",
-          "make_ir_labels", "train_irn", "make_pseudo_masks", "eval_masks", "train_segmentation",
-          "predict", "eval_segmentation", "report", "merge_shards")
+          "make_ir_labels", "train_irn", "make_pseudo_masks", "make_cpl_masks", "eval_masks",
+          "train_segmentation", "predict", "eval_segmentation", "predict_cosa", "report",
+          "merge_shards")
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:

@@ -53,9 +53,10 @@ def check_consistency(config: Mapping[str, Any]) -> None:
     if config["masks"]["seed"] == "tran" and not has_vit:
         raise ConfigError(f"config key masks.seed: 'tran' walks the ViT seeds, which "
                           f"classifier.method {method!r} lacks; use fused")
-    if config["predict"]["split"] not in SPLITS:
-        raise ConfigError(f"config key predict.split: {config['predict']['split']!r} is not one "
-                          f"of the prepared splits {', '.join(SPLITS)}")
+    for section in ("predict", "cosa_seg"):
+        if config[section]["split"] not in SPLITS:
+            raise ConfigError(f"config key {section}.split: {config[section]['split']!r} is not "
+                              f"one of the prepared splits {', '.join(SPLITS)}")
     THRESHOLD_RULES.get(rule).check(config["ir_labels"])
     processes = config["cluster"]["gpus_per_job"]
     for section in ("classifier", "irn", "segmentation"):
@@ -67,7 +68,8 @@ def check_consistency(config: Mapping[str, Any]) -> None:
 
 def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The backbones a config trains from, by config key (the ViT only for ``cobra``; for
-    ``cosa`` its own backbone instead of ``classifier.cnn``)."""
+    ``cosa`` its own backbone instead of ``classifier.cnn``; IRN's only with ``masks.source:
+    walk``, the one that trains IRN)."""
     if config["classifier"]["method"] == "cosa":
         out = {"classifier.cosa.backbone": config["classifier"]["cosa"]["backbone"]}
     else:
@@ -77,7 +79,8 @@ def backbones(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         out["classifier.vit"] = vit
         if vit["hybrid"]:
             out["classifier.vit.hybrid"] = vit["hybrid"]
-    out["irn.backbone"] = config["irn"]["backbone"]
+    if config["masks"]["source"] == "walk":
+        out["irn.backbone"] = config["irn"]["backbone"]
     out["segmentation.backbone"] = config["segmentation"]["backbone"]
     return out
 
@@ -194,8 +197,9 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
             raise ConfigError(f"config key classifier.crop: {cls['crop']} is not a multiple "
                               f"of the ViT's token stride {branch.stride} (classifier.vit); "
                               f"use e.g. {fit}")
-    irn = config["irn"]["backbone"]
-    build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
+    if config["masks"]["source"] == "walk":  # masks.source cpl trains no IRN
+        irn = config["irn"]["backbone"]
+        build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
     seg = json.loads(json.dumps(config["segmentation"]))
     seg["backbone"]["pretrained"] = "none"
     net = build("segmentation.backbone", lambda: build_segmenter(seg, n_classes))
@@ -209,6 +213,7 @@ def _fingerprint(config: Mapping[str, Any], n_classes: int) -> str:
     import importlib.metadata
 
     sections = {k: config[k] for k in ("classifier", "irn", "segmentation")}
+    sections["masks.source"] = config["masks"]["source"]  # whether IRN is built at all
     digest = hashlib.sha256(json.dumps([sections, n_classes], sort_keys=True).encode())
     digest.update(importlib.metadata.version("timm").encode())
     digest.update(os.environ.get("HF_HUB_OFFLINE", "").encode())

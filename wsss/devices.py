@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # train: cluster.gpus_per_job processes under torchrun (wsss.train.distributed), gpu=N. Imported
 # by the Snakefile at parse time, so this module does not import torch.
 GPU_STAGES = frozenset({"train_classifier", "extract_cams", "train_irn", "make_pseudo_masks",
-                        "train_segmentation", "predict"})
+                        "train_segmentation", "predict", "predict_cosa"})
 TRAINING_STAGES = frozenset({"train_classifier", "train_irn", "train_segmentation"})
 
 

@@ -54,7 +54,8 @@ rule fuse_cams:
 
 
 rule eval_seeds:
-    """Seed mIoU for every fusion variant: threshold sweep and CoBra's attention rule."""
+    """Seed mIoU for every fusion variant: threshold sweep, CoBra's attention rule and, for CoSA
+    or masks.source cpl, the CAM pseudo labels (rule cpl, CoSA Eq. 3)."""
     input:
         cams=f"{R}/cams/train.h5",
         seeds=f"{R}/seeds/train.h5",
@@ -77,6 +78,12 @@ rule eval_seeds:
                 "seeds": config["seeds"],
                 "attention": config["ir_labels"]["attention"],
                 "classes": classes_params(),
+                # the CPL row (CoSA Eq. 3): for CoSA, and for the masks it makes (cpl)
+                **(
+                    {"cpl": config["masks"]["cpl"]}
+                    if METHOD == "cosa" or MASK_SOURCE == "cpl"
+                    else {}
+                ),
             },
         ),
     shell:

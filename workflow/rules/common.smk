@@ -29,6 +29,10 @@ config.clear()
 config.update(_validated)
 
 R = f"{config['results']}/{config['run']}"
+METHOD = config["classifier"]["method"]
+# what trains the segmenter: walk (IR labels, IRN, random walk) or cpl (CoSA-MS: the seeds' CAM
+# pseudo labels; no IR labels, no IRN in the DAG)
+MASK_SOURCE = config["masks"]["source"]
 
 
 # Jobs run `python`: the interpreter running Snakemake (so a venv needs no activation), or with

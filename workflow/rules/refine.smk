@@ -1,3 +1,8 @@
+# Refinement: with masks.source walk (default) IR labels -> IRN -> random walk -> pseudo masks;
+# with masks.source cpl (CoSA-MS) the seeds' CAM pseudo labels are the masks (no IR labels, no
+# IRN, no walk: make_cpl_masks writes masks/<split>.h5 in the same layout).
+
+
 rule make_ir_labels:
     """Confident fg/bg labels from the seeds: dynamic thresholds + two label-CRF passes."""
     input:
@@ -62,41 +67,78 @@ rule train_irn:
 
 
 MAKE_PSEUDO_MASKS = {
-    "masks": config["masks"],
+    # masks.source and masks.cpl choose what the segmenter trains on, not how the walk runs
+    "masks": {k: v for k, v in config["masks"].items() if k not in ("source", "cpl")},
     "classes": classes_params(),
     "device": config["device"],
     "max_side": config["dataset"]["max_side"],
 }
 
 
-rule make_pseudo_masks:
-    """Random walk of the seeds over the boundary map, mask rule, final label CRF, PNGs."""
-    input:
-        irn=f"{R}/irn/model.pt",
-        seeds=f"{R}/seeds/{{split}}.h5",
-        cams=f"{R}/cams/{{split}}.h5",
-        ir_labels=f"{R}/ir_labels/{{split}}.h5",
-        split=f"{R}/data/{{split}}.csv",
-    output:
-        masks=f"{R}/masks/{{split}}.h5",
-        png=directory(f"{R}/masks/{{split}}"),
-    log:
-        f"{R}/logs/make_pseudo_masks_{{split}}.log",
-    benchmark:
-        f"{R}/benchmarks/make_pseudo_masks_{{split}}.tsv"
-    conda:
-        ENV
-    threads: job_threads("make_pseudo_masks")
-    resources:
-        **job_resources("make_pseudo_masks"),
-    params:
-        **stage_params("make_pseudo_masks", MAKE_PSEUDO_MASKS),
-    shell:
-        "python -m wsss make_pseudo_masks --input irn={input.irn:q} --input seeds={input.seeds:q}"
-        " --input cams={input.cams:q} --input ir_labels={input.ir_labels:q}"
-        " --input split={input.split:q} --output masks={output.masks:q}"
-        " --output png={output.png:q} --params {params.cfg:q} --options {params.opts:q}"
-        " --threads {threads} --log {log:q}"
+if MASK_SOURCE == "walk":
+
+    rule make_pseudo_masks:
+        """Random walk of the seeds over the boundary map, mask rule, final label CRF, PNGs."""
+        input:
+            irn=f"{R}/irn/model.pt",
+            seeds=f"{R}/seeds/{{split}}.h5",
+            cams=f"{R}/cams/{{split}}.h5",
+            ir_labels=f"{R}/ir_labels/{{split}}.h5",
+            split=f"{R}/data/{{split}}.csv",
+        output:
+            masks=f"{R}/masks/{{split}}.h5",
+            png=directory(f"{R}/masks/{{split}}"),
+        log:
+            f"{R}/logs/make_pseudo_masks_{{split}}.log",
+        benchmark:
+            f"{R}/benchmarks/make_pseudo_masks_{{split}}.tsv"
+        conda:
+            ENV
+        threads: job_threads("make_pseudo_masks")
+        resources:
+            **job_resources("make_pseudo_masks"),
+        params:
+            **stage_params("make_pseudo_masks", MAKE_PSEUDO_MASKS),
+        shell:
+            "python -m wsss make_pseudo_masks --input irn={input.irn:q}"
+            " --input seeds={input.seeds:q} --input cams={input.cams:q} --input ir_labels={input.ir_labels:q}"
+            " --input split={input.split:q} --output masks={output.masks:q}"
+            " --output png={output.png:q} --params {params.cfg:q} --options {params.opts:q}"
+            " --threads {threads} --log {log:q}"
+
+else:
+
+    rule make_cpl_masks:
+        """CoSA-MS: the fused seeds' CAM pseudo labels (CoSA Eq. 3) as masks, label CRF, PNGs."""
+        input:
+            cams=f"{R}/cams/{{split}}.h5",
+            split=f"{R}/data/{{split}}.csv",
+        output:
+            masks=f"{R}/masks/{{split}}.h5",
+            png=directory(f"{R}/masks/{{split}}"),
+        log:
+            f"{R}/logs/make_cpl_masks_{{split}}.log",
+        benchmark:
+            f"{R}/benchmarks/make_cpl_masks_{{split}}.tsv"
+        conda:
+            ENV
+        threads: job_threads("make_cpl_masks")
+        resources:
+            **job_resources("make_cpl_masks"),
+        params:
+            **stage_params(
+                "make_cpl_masks",
+                {
+                    "masks": {"cpl": config["masks"]["cpl"], "crf": config["masks"]["crf"]},
+                    "fusion": config["fusion"],
+                    "classes": classes_params(),
+                },
+            ),
+        shell:
+            "python -m wsss make_cpl_masks --input cams={input.cams:q}"
+            " --input split={input.split:q} --output masks={output.masks:q}"
+            " --output png={output.png:q} --params {params.cfg:q} --options {params.opts:q}"
+            " --threads {threads} --log {log:q}"
 
 
 rule eval_masks:

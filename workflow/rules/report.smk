@@ -1,19 +1,38 @@
 # The report: one summary table, two plots and overlay sheets, all in `snakemake --report`.
 
+# Inputs only some configurations have: the IR labels (masks.source walk) and CoSA's single-stage
+# scores (classifier.method cosa).
+REPORT_OPTIONAL = {
+    **(
+        {
+            "ir_metrics": f"{R}/metrics/ir_labels_train.csv",
+            "ir_labels": f"{R}/ir_labels/train.h5",
+        }
+        if MASK_SOURCE == "walk"
+        else {}
+    ),
+    **({"cosa_seg_metrics": f"{R}/metrics/cosa_seg.csv"} if METHOD == "cosa" else {}),
+}
+
+
+def optional_report_inputs(wildcards, input):
+    """``--input name=path`` for each of REPORT_OPTIONAL."""
+    return " ".join(f"--input {k}={shlex.quote(str(input[k]))}" for k in REPORT_OPTIONAL)
+
 
 rule report:
-    """Summary table (stage, variant, miou), mIoU plots, overlay sheets of fixed images and the
-    warnings (classes without positive/negative images, images without ground truth)."""
+    """Summary table (stage, variant, miou, split, method), mIoU plots, overlay sheets of fixed
+    images and the warnings (classes without positive/negative images, images without ground
+    truth)."""
     input:
+        **REPORT_OPTIONAL,
         seeds_metrics=f"{R}/metrics/seeds.csv",
-        ir_metrics=f"{R}/metrics/ir_labels_train.csv",
         masks_metrics=f"{R}/metrics/masks.csv",
         seg_metrics=f"{R}/metrics/segmentation.csv",
         split=f"{R}/data/train.csv",
         seg_split=f"{R}/data/{config['predict']['split']}.csv",
         classes=f"{R}/data/classes.csv",
         seeds=f"{R}/seeds/train.h5",
-        ir_labels=f"{R}/ir_labels/train.h5",
         masks=f"{R}/masks/train.h5",
         model=f"{R}/segmentation/model.pt",
     output:
@@ -54,14 +73,17 @@ rule report:
                 "classes": classes_params(),
                 "device": config["device"],
                 "max_side": config["dataset"]["max_side"],
+                "method": METHOD,
+                **({"cosa_split": config["cosa_seg"]["split"]} if METHOD == "cosa" else {}),
             },
         ),
+        optional=optional_report_inputs,
     shell:
         "python -m wsss report --input seeds_metrics={input.seeds_metrics:q}"
-        " --input ir_metrics={input.ir_metrics:q} --input masks_metrics={input.masks_metrics:q}"
+        " --input masks_metrics={input.masks_metrics:q}"
         " --input seg_metrics={input.seg_metrics:q} --input split={input.split:q}"
         " --input seg_split={input.seg_split:q} --input classes={input.classes:q}"
-        " --input seeds={input.seeds:q} --input ir_labels={input.ir_labels:q}"
+        " --input seeds={input.seeds:q} {params.optional}"
         " --input masks={input.masks:q} --input model={input.model:q}"
         " --output summary={output.summary:q} --output stages_plot={output.stages_plot:q}"
         " --output classes_plot={output.classes_plot:q} --output overlays={output.overlays:q}"

@@ -3,7 +3,8 @@
 Panels: image | fused CAM (max over classes, heat map over the image) | IR label | pseudo mask |
 prediction | ground truth. Label maps use the VOC palette (255 in its own colour) and a legend
 lists the classes present. The prediction comes from a ``predict(image_uint8) -> labels``
-callable, so sheets can be drawn without a trained model.
+callable, so sheets can be drawn without a trained model. Without IR labels (``masks.source:
+cpl``: the pseudo masks are CoSA's CAM pseudo labels, no IRN) the IR-label panel is grey.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class SheetData:
     image_id: str
     image: np.ndarray  # (H, W, 3) uint8
     cam: np.ndarray  # (H, W) fused CAM in [0, 1]
-    ir_label: np.ndarray  # (H, W) uint8
+    ir_label: np.ndarray | None  # (H, W) uint8, None without IR labels (masks.source: cpl)
     mask: np.ndarray  # (H, W) uint8
     prediction: np.ndarray  # (H, W) uint8
     gt: np.ndarray | None  # (H, W) uint8, None when the image has no ground truth
@@ -87,26 +88,31 @@ def _check_size(name: str, arr: np.ndarray, size: tuple[int, int], image_id: str
     return arr
 
 
-def gather(rec: Record, seeds: H5Reader, ir_labels: H5Reader, masks: H5Reader,
+def gather(rec: Record, seeds: H5Reader, ir_labels: H5Reader | None, masks: H5Reader,
            predict: Predictor) -> SheetData:
-    """Read one image's maps from the stores, predict its labels and load its ground truth."""
+    """Read one image's maps from the stores (``ir_labels`` None: no IR labels), predict its
+    labels and load its ground truth."""
     image = read_rgb(rec.image)
     size = image.shape[:2]
     cam = fused_cam(seeds.get(rec.id, ["cam"])["cam"], size)
-    ir = ir_labels.get(rec.id, ["label"])["label"]
+    ir = None
+    if ir_labels is not None:
+        ir = _check_size(f"the IR label in {ir_labels.path}",
+                         ir_labels.get(rec.id, ["label"])["label"], size, rec.id)
     stored = masks.get(rec.id)
     key = "mask_crf" if "mask_crf" in stored else "mask"
     if key not in stored:
         raise DataError(f"{masks.path} has neither mask_crf nor mask for image {rec.id!r}")
+    name = "CPL" if masks.meta.get("source") == "cpl" else "pseudo mask"  # masks.source
     prediction = np.asarray(predict(image), dtype=np.uint8)
     gt = load_mask(rec.mask, size, rec.id) if rec.mask is not None else None
     return SheetData(
         image_id=rec.id, image=image,
         cam=_check_size(f"the seed CAM in {seeds.path}", cam, size, rec.id),
-        ir_label=_check_size(f"the IR label in {ir_labels.path}", ir, size, rec.id),
+        ir_label=ir,
         mask=_check_size(f"the {key} in {masks.path}", stored[key], size, rec.id),
         prediction=_check_size("the prediction", prediction, size, rec.id),
-        gt=gt, mask_title="pseudo mask (CRF)" if key == "mask_crf" else "pseudo mask")
+        gt=gt, mask_title=f"{name} (CRF)" if key == "mask_crf" else name)
 
 
 def _legend_handles(maps: Sequence[np.ndarray], classes: Sequence[str],
@@ -134,9 +140,14 @@ def draw_sheet(data: SheetData, classes: Sequence[str], path: str | Path) -> Non
     axes[0].imshow(data.image)
     axes[1].imshow(data.image)
     axes[1].imshow(data.cam, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-    label_maps = [data.ir_label, data.mask, data.prediction]
-    for ax, labels in zip(axes[2:5], label_maps):
-        ax.imshow(colourise(labels, palette), interpolation="nearest")
+    label_maps = [m for m in (data.ir_label, data.mask, data.prediction) if m is not None]
+    for ax, labels in zip(axes[2:5], (data.ir_label, data.mask, data.prediction)):
+        if labels is None:
+            ax.imshow(np.full(data.image.shape[:2], NO_GT_GREY), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(colourise(labels, palette), interpolation="nearest")
+    if data.ir_label is None:
+        titles[2] = "no IR labels"
     if data.gt is None:
         axes[5].imshow(np.full(data.image.shape[:2], NO_GT_GREY), cmap="gray", vmin=0, vmax=1)
         titles[5] = "no ground truth"
@@ -158,10 +169,11 @@ def sheet_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", image_id) + ".png"
 
 
-def write_sheets(records: Sequence[Record], seeds: H5Reader, ir_labels: H5Reader,
+def write_sheets(records: Sequence[Record], seeds: H5Reader, ir_labels: H5Reader | None,
                  masks: H5Reader, predict: Predictor, classes: Sequence[str],
                  out_dir: str | Path) -> list[Path]:
-    """Draw one sheet per record into ``out_dir`` (which must exist); return the files."""
+    """Draw one sheet per record into ``out_dir`` (which must exist); return the files
+    (``ir_labels`` None: a grey IR-label panel)."""
     out_dir = Path(out_dir)
     written = []
     for rec in tqdm(records, desc="overlay sheets", mininterval=5):

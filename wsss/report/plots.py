@@ -1,13 +1,18 @@
-"""The stage summary table (``stage, variant, miou, iou_<class>...``) and its two bar charts.
+"""The stage summary table (``stage, variant, miou, split, method, iou_<class>...``) and its two
+bar charts.
 
 The table gathers the metrics CSVs of every stage in a fixed order (seeds, ir_labels, masks,
-segmentation); the charts are drawn with matplotlib's Agg canvas (no display, no pyplot state).
+segmentation, cosa_seg); ``method`` is the run's ``classifier.method`` on every row, so that
+the tables of several runs can be stacked (bench/methods_side_by_side.py). ``ir_labels`` is
+absent with ``masks.source: cpl`` (no IR labels), ``cosa_seg`` (the CoSA assignment network's
+own segmentation head on the segmenter's split) present only for ``classifier.method: cosa``.
+The charts are drawn with matplotlib's Agg canvas (no display, no pyplot state).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +23,10 @@ from matplotlib.figure import Figure
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 
-STAGES: tuple[str, ...] = ("seeds", "ir_labels", "masks", "segmentation")
+STAGES: tuple[str, ...] = ("seeds", "ir_labels", "masks", "segmentation", "cosa_seg")
 STAGE_COLOURS = {"seeds": "#4c72b0", "ir_labels": "#dd8452", "masks": "#55a868",
-                 "segmentation": "#c44e52"}
+                 "segmentation": "#c44e52", "cosa_seg": "#8172b3"}
+SUMMARY_COLUMNS: tuple[str, ...] = ("stage", "variant", "miou", "split", "method")
 IR_TOTAL = "__total__"
 DPI = 100
 
@@ -55,36 +61,51 @@ def ir_total_row(path: str | Path) -> pd.Series:
 
 
 def _row(stage: str, variant: str, source: pd.Series, iou_cols: Sequence[str],
-         split: str = "train") -> dict[str, Any]:
+         split: str = "train", method: str = "") -> dict[str, Any]:
     """One summary row from a metrics row; absent per-class columns become NaN."""
     row: dict[str, Any] = {"stage": stage, "variant": variant,
-                           "miou": float(source["miou"]), "split": split}
+                           "miou": float(source["miou"]), "split": split, "method": method}
     row.update({c: float(source[c]) if c in source.index else math.nan for c in iou_cols})
     return row
 
 
-def summary_table(seeds: pd.DataFrame, ir_total: pd.Series, ir_variant: str,
+def summary_table(seeds: pd.DataFrame, ir_total: pd.Series | None, ir_variant: str,
                   masks: pd.DataFrame, segmentation: pd.DataFrame,
-                  classes: Sequence[str], seg_split: str = "val") -> pd.DataFrame:
-    """Stack the stages' metrics into ``stage, variant, miou, split, iou_<class>...`` rows
-    (seeds, IR labels and masks are scored on train, the segmenter on ``seg_split``)."""
+                  classes: Sequence[str], seg_split: str = "val", method: str = "",
+                  cosa_seg: pd.DataFrame | None = None,
+                  cosa_split: str = "val") -> pd.DataFrame:
+    """Stack the stages' metrics into ``stage, variant, miou, split, method, iou_<class>...``
+    rows (seeds, IR labels and masks are scored on train, the segmenter on ``seg_split``, CoSA's
+    single-stage head on ``cosa_split``); no ``ir_labels`` row without ``ir_total``, no
+    ``cosa_seg`` rows without ``cosa_seg``."""
     iou_cols = [f"iou_{c}" for c in classes]
-    rows = [_row("seeds", f"{r['variant']}/{r['rule']}", r, iou_cols) for _, r in seeds.iterrows()]
-    rows.append(_row("ir_labels", ir_variant, ir_total, iou_cols))
-    rows += [_row("masks", str(r["variant"]), r, iou_cols) for _, r in masks.iterrows()]
-    rows += [_row("segmentation", str(r["variant"]), r, iou_cols, seg_split)
+    rows = [_row("seeds", f"{r['variant']}/{r['rule']}", r, iou_cols, method=method)
+            for _, r in seeds.iterrows()]
+    if ir_total is not None:
+        rows.append(_row("ir_labels", ir_variant, ir_total, iou_cols, method=method))
+    rows += [_row("masks", str(r["variant"]), r, iou_cols, method=method)
+             for _, r in masks.iterrows()]
+    rows += [_row("segmentation", str(r["variant"]), r, iou_cols, seg_split, method)
              for _, r in segmentation.iterrows()]
-    return pd.DataFrame(rows, columns=["stage", "variant", "miou", "split", *iou_cols])
+    if cosa_seg is not None:
+        rows += [_row("cosa_seg", str(r["variant"]), r, iou_cols, cosa_split, method)
+                 for _, r in cosa_seg.iterrows()]
+    return pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *iou_cols])
 
 
-def load_summary(paths: dict[str, str], ir_variant: str, classes: Sequence[str],
-                 seg_split: str = "val") -> pd.DataFrame:
-    """Read the four metrics files (keys seeds_metrics, ir_metrics, masks_metrics, seg_metrics)."""
+def load_summary(paths: Mapping[str, str], ir_variant: str, classes: Sequence[str],
+                 seg_split: str = "val", method: str = "",
+                 cosa_split: str = "val") -> pd.DataFrame:
+    """Read the metrics files (keys seeds_metrics, ir_metrics, masks_metrics, seg_metrics and,
+    when present, cosa_seg_metrics; ir_metrics may be absent: ``masks.source: cpl``)."""
     seeds = read_metrics(paths["seeds_metrics"], ["variant", "rule", "miou"])
-    ir_total = ir_total_row(paths["ir_metrics"])
+    ir_total = ir_total_row(paths["ir_metrics"]) if paths.get("ir_metrics") else None
     masks = read_metrics(paths["masks_metrics"], ["variant", "miou"])
     segmentation = read_metrics(paths["seg_metrics"], ["variant", "miou"])
-    return summary_table(seeds, ir_total, ir_variant, masks, segmentation, classes, seg_split)
+    cosa_seg = read_metrics(paths["cosa_seg_metrics"], ["variant", "miou"]) \
+        if paths.get("cosa_seg_metrics") else None
+    return summary_table(seeds, ir_total, ir_variant, masks, segmentation, classes, seg_split,
+                         method, cosa_seg, cosa_split)
 
 
 def best_per_stage(summary: pd.DataFrame) -> pd.DataFrame:
@@ -119,7 +140,8 @@ def _heights(values: Sequence[float]) -> tuple[np.ndarray, list[str]]:
 
 
 def plot_stages(summary: pd.DataFrame, path: str | Path) -> None:
-    """Bar chart of mIoU per stage (best seed variant, IR labels, masks, segmentation)."""
+    """Bar chart of mIoU per stage (best seed variant, IR labels, masks, segmentation, CoSA's
+    single-stage head)."""
     bars = stage_bars(summary)
     fig = Figure(figsize=(max(5.0, 1.1 * len(bars) + 1.5), 4.0), dpi=DPI)
     ax = fig.add_subplot()

@@ -2,8 +2,9 @@
 
 params: {"classes": [...]};  inputs: {"masks": masks/<split>.h5, "split": data/<split>.csv}
 Rows ``variant (walk | walk_crf), rule, miou, iou_<class>..., images`` (``images``: how many
-were scored). Images without a ground-truth mask are skipped and named in the log; without
-any, the scores are NaN.
+were scored); for a store of ``masks.source: cpl`` (make_cpl_masks) the variants are ``cpl``
+(CoSA's CAM pseudo labels, Eq. 3) and ``cpl_crf``. Images without a ground-truth mask are
+skipped and named in the log; without any, the scores are NaN.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from wsss.io.h5store import H5Reader
 from wsss.metrics import ConfusionMeter
 
 log = logging.getLogger(__name__)
-VARIANTS = {"walk": "mask", "walk_crf": "mask_crf"}
+# the variants (row name -> stored map) of each mask source (the store's meta ``source``)
+VARIANTS = {"walk": {"walk": "mask", "walk_crf": "mask_crf"},
+            "cpl": {"cpl": "mask", "cpl_crf": "mask_crf"}}
 
 
 def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
@@ -31,16 +34,17 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     """Score the stored pseudo masks against the split's ground truth."""
     classes = params["classes"]
     masks = H5Reader(inputs["masks"], kind="masks", classes=classes)
+    variants = VARIANTS[masks.meta.get("source", "walk")]
     records = read_split_csv(Path(inputs["split"]), classes)
-    meters = {v: ConfusionMeter(len(classes)) for v in VARIANTS}
+    meters = {v: ConfusionMeter(len(classes)) for v in variants}
     scored, skipped = split_by_ground_truth(records)
     if skipped:
         log.warning("%s", skipped_note(f"eval_masks ({inputs['split']})", skipped,
                                        len(records)))
     for rec in tqdm(scored, desc="eval masks", mininterval=5):
-        item = masks.get(rec.id, list(VARIANTS.values()))
+        item = masks.get(rec.id, list(variants.values()))
         gt = load_mask(rec.mask, item["size"], rec.id)
-        for variant, key in VARIANTS.items():
+        for variant, key in variants.items():
             meters[variant].update(gt, item[key])
     rows = []
     for variant, meter in meters.items():

@@ -7,7 +7,14 @@ may lie outside it: logged here and flagged in the report).
 Only images with a ground-truth mask are scored; the others are named in the log
 (:mod:`wsss.data.coverage`). Without any, every row has NaN scores and a NaN sweep threshold.
 
-params: {"seeds": <sweep section>, "attention": ir_labels.attention, "classes": [...]}
+With ``cpl`` in the params (``masks.cpl``; the workflow passes it for ``classifier.method:
+cosa`` and for ``masks.source: cpl``) every variant also gets a ``cpl`` row: its CAM pseudo
+labels, CoSA Eq. (3) at xi = ``cpl.threshold`` (:func:`wsss.refine.cpl.cpl_labels`), the
+train-split CPL score of CoSA Tab. 1 (there at xi = 0.5); with ``fusion: cnn`` on a CoSA store,
+``cnn/cpl`` is the assignment network's CPL, the labels ``masks.source: cpl`` trains on.
+
+params: {"seeds": <sweep section>, "attention": ir_labels.attention, "classes": [...],
+         "cpl": {"threshold": xi} (optional)}
 inputs: {"cams": cams/<split>.h5, "seeds": seeds/<split>.h5, "split": data/<split>.csv}
 """
 
@@ -30,6 +37,7 @@ from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.metrics import confusion, iou_from_confusion, mean_iou, sweep_confusions
+from wsss.refine.cpl import cpl_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     thresholds = np.round(np.arange(sw["sweep_start"], sw["sweep_stop"] + 1e-9,
                                     sw["sweep_step"]), 6)
     att = params["attention"]
+    xi = float(params["cpl"]["threshold"]) if params.get("cpl") else None
     cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
     selected = H5Reader(inputs["seeds"], kind="seeds", classes=classes).meta["fusion"]
     records = {r.id: r for r in read_split_csv(Path(inputs["split"]), classes)}
@@ -59,6 +68,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     has_attn = bool(cams.ids) and "attn" in cams.get(cams.ids[0])
     sweep = {v: np.zeros((len(thresholds), n, n), dtype=np.int64) for v in variants}
     attn_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
+    cpl_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
     attn_thr = []
     baseline = np.zeros((n, n), dtype=np.int64)  # everything predicted background
     for rec in tqdm(scored, desc="eval seeds", mininterval=5):
@@ -74,6 +84,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             sweep[v] += sweep_confusions(m, item["keys"], gt, thresholds, n)
             if has_attn:
                 attn_conf[v] += confusion(gt, labels_at_threshold(m, item["keys"], t_img), n)
+            if xi is not None:
+                cpl_conf[v] += confusion(gt, cpl_labels(m, item["keys"], xi), n)
     rows = []
     for v in variants:
         ious = np.stack([iou_from_confusion(c) for c in sweep[v]])
@@ -92,6 +104,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             rows.append(_row(v, "attention", float(np.mean(attn_thr)) if attn_thr
                              else float("nan"), iou_from_confusion(attn_conf[v]), classes,
                              selected, len(scored)))
+        if xi is not None:
+            rows.append(_row(v, "cpl", xi, iou_from_confusion(cpl_conf[v]), classes, selected,
+                             len(scored)))
     table = pd.DataFrame(rows)
     with atomic_path(outputs["metrics"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

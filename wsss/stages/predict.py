@@ -23,19 +23,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
-from wsss.data.classes import voc_palette
 from wsss.data.images import beyond_cap
 from wsss.data.table import read_split_csv
-from wsss.io.atomic import atomic_dir
-from wsss.io.h5store import H5Writer
 from wsss.models.segmentation import load_segmenter
-from wsss.parallel import ordered_map
-from wsss.refine.crf import CrfSettings
-from wsss.segment.prediction import SoftmaxCrf, forward_all
+from wsss.segment.prediction import predict_records, write_predictions
 from wsss.shards import parse_shard, shard_records
 from wsss.train.utils import resolve_device
 
@@ -56,28 +47,14 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     store_meta = {"split": cfg["split"], "scales": list(cfg["scales"]), "flip": cfg["flip"],
                   "crf": crf, "max_side": max_side, "maps": maps,
                   "model_hash": meta["config_hash"]}
-    palette = voc_palette(256).reshape(-1).tolist()
     log.info("predicting %d images of %s at scales %s (flip %s) on %s, CRF %s", len(records),
              inputs["split"], cfg["scales"], cfg["flip"], device,
              f"in {max(1, threads)} process(es)" if crf else "off")
     note = beyond_cap(records, max_side, cfg["split"])
     if note:
         log.warning(note)
-    preds = forward_all(model, meta, records, cfg["scales"], cfg["flip"],
-                        keep_probs=crf is not None, max_side=max_side)
-    if crf is not None:
-        # one image per chunk: at most 4 * threads probability maps wait in memory
-        preds = ordered_map(SoftmaxCrf(CrfSettings.from_section(crf, label=False), max_side),
-                            preds, threads, chunk_size=1, preload=["wsss.segment.prediction"],
-                            what="CRF-refining")
-    with atomic_dir(outputs["png"]) as png_dir, \
-            H5Writer(outputs["predictions"], "predictions", classes, store_meta) as writer:
-        for pred in tqdm(preds, total=len(records), desc=f"predict {cfg['split']}",
-                         mininterval=5, dynamic_ncols=True):
-            out = {"raw": pred.raw} if pred.crf is None else {"raw": pred.raw, "crf": pred.crf}
-            writer.add(pred.id, pred.raw.shape, pred.keys, out,
-                       dtypes={k: np.uint8 for k in out})
-            png = Image.fromarray(out[maps[-1]], mode="P")
-            png.putpalette(palette)
-            png.save(png_dir / f"{pred.id}.png")
+    preds = predict_records(model, meta, records, cfg["scales"], cfg["flip"], crf, max_side,
+                            threads)
+    write_predictions(preds, len(records), outputs["predictions"], outputs["png"], classes,
+                      store_meta, f"predict {cfg['split']}")
     log.info("wrote %s and %s", outputs["predictions"], outputs["png"])

@@ -3,14 +3,20 @@
 params: {"report": {"overlay_images": N (first N ids of the split) | [ids]},
          "predict": {"split": str, "scales": [...], "flip": bool, ...}, "classes": [...],
          "device": str,
-         "max_side": int | None (dataset.max_side: the overlay predictor's cap, as predict)}
-inputs: {"seeds_metrics": metrics/seeds.csv, "ir_metrics": metrics/ir_labels_train.csv,
-         "masks_metrics": metrics/masks.csv, "seg_metrics": metrics/segmentation.csv,
-         "split": data/train.csv, "seg_split": data/<predict.split>.csv (the split the segmenter
-         is scored on), "classes": data/classes.csv, "seeds": seeds/train.h5,
-         "ir_labels": ir_labels/train.h5, "masks": masks/train.h5, "model": segmentation/model.pt}
-outputs: {"summary": report/summary.csv (``stage, variant, miou, iou_<class>...``; stages in
-          order seeds, ir_labels, masks, segmentation), "stages_plot": report/miou_stages.png,
+         "max_side": int | None (dataset.max_side: the overlay predictor's cap, as predict),
+         "method": classifier.method (the summary's ``method`` column; absent: empty),
+         "cosa_split": cosa_seg.split (with ``cosa_seg_metrics``)}
+inputs: {"seeds_metrics": metrics/seeds.csv, "ir_metrics": metrics/ir_labels_train.csv
+         (absent with masks.source cpl), "masks_metrics": metrics/masks.csv,
+         "seg_metrics": metrics/segmentation.csv, "cosa_seg_metrics": metrics/cosa_seg.csv
+         (classifier.method cosa only), "split": data/train.csv, "seg_split":
+         data/<predict.split>.csv (the split the segmenter is scored on), "classes":
+         data/classes.csv, "seeds": seeds/train.h5, "ir_labels": ir_labels/train.h5 (absent
+         with masks.source cpl: grey IR-label panels), "masks": masks/train.h5,
+         "model": segmentation/model.pt}
+outputs: {"summary": report/summary.csv (``stage, variant, miou, split, method,
+          iou_<class>...``; stages in order seeds, ir_labels, masks, segmentation, cosa_seg),
+          "stages_plot": report/miou_stages.png,
           "classes_plot": report/iou_classes.png, "overlays": report/overlays/ (<id>.png each),
           "warnings": report/warnings.txt (one line per warning, :mod:`wsss.report.warnings`:
           classes without positive or negative train images, images without ground truth,
@@ -44,15 +50,19 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     """Write the summary table, the two mIoU charts and the overlay sheets."""
     classes = list(params["classes"])
     stores = {"seeds": H5Reader(inputs["seeds"], kind="seeds", classes=classes),
-              "ir_labels": H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes),
               "masks": H5Reader(inputs["masks"], kind="masks", classes=classes)}
+    if inputs.get("ir_labels"):
+        stores["ir_labels"] = H5Reader(inputs["ir_labels"], kind="ir_labels", classes=classes)
     for name, store in stores.items():
         if store.classes != classes:
             raise DataError(f"{inputs[name]} holds classes {store.classes}, the config has "
                             f"{classes}")
-    ir_variant = str(stores["ir_labels"].meta.get("ir_labels", {}).get("threshold", "total"))
+    ir_store = stores.get("ir_labels")
+    ir_variant = "total" if ir_store is None else \
+        str(ir_store.meta.get("ir_labels", {}).get("threshold", "total"))
     seg_split = params["predict"]["split"]
-    summary = load_summary(inputs, ir_variant, classes, seg_split)
+    summary = load_summary(inputs, ir_variant, classes, seg_split, params.get("method", ""),
+                           params.get("cosa_split", "val"))
     records = read_split_csv(Path(inputs["split"]), classes)
     warnings = report_warnings(read_class_table(inputs["classes"]), records, seg_split,
                                read_split_csv(Path(inputs["seg_split"]), classes), summary,
@@ -62,8 +72,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         if chosen:
             predict = segmenter_predictor(inputs["model"], params["predict"], params["device"],
                                           classes, params["max_side"])
-            write_sheets(chosen, stores["seeds"], stores["ir_labels"], stores["masks"], predict,
-                         classes, tmp_dir)
+            write_sheets(chosen, stores["seeds"], ir_store, stores["masks"], predict, classes,
+                         tmp_dir)
     with atomic_path(outputs["summary"]) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4f")
     plot_stages(summary, outputs["stages_plot"])
@@ -71,7 +81,8 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     write_warnings(outputs["warnings"], warnings)
     for line in warnings:
         log.warning("%s", line)
-    log.info("summary:\n%s", summary[["stage", "variant", "miou"]].to_string(index=False))
+    log.info("summary:\n%s", summary[["stage", "variant", "miou", "split", "method"]]
+             .to_string(index=False))
     log.info("wrote %s, %s, %s, %s (%d warning(s)) and %d overlay sheet(s) in %s",
              outputs["summary"], outputs["stages_plot"], outputs["classes_plot"],
              outputs["warnings"], len(warnings), len(chosen), outputs["overlays"])
