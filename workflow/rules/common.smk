@@ -157,6 +157,15 @@ def numbered_inputs(name):
     return args
 
 
+def named_inputs(names):
+    """``--input <name>=...`` for each of ``names`` (inputs only some configurations have)."""
+
+    def args(wildcards, input):
+        return " ".join(f"--input {k}={shlex.quote(str(input[k]))}" for k in names)
+
+    return args
+
+
 def classes_params():
     """Class list of the configured data set, passed to every stage that needs it."""
     return classes_for(config["dataset"])

@@ -15,11 +15,6 @@ REPORT_OPTIONAL = {
 }
 
 
-def optional_report_inputs(wildcards, input):
-    """``--input name=path`` for each of REPORT_OPTIONAL."""
-    return " ".join(f"--input {k}={shlex.quote(str(input[k]))}" for k in REPORT_OPTIONAL)
-
-
 rule report:
     """Summary table (stage, variant, miou, split, method), mIoU plots, overlay sheets of fixed
     images and the warnings (classes without positive/negative images, images without ground
@@ -77,7 +72,7 @@ rule report:
                 **({"cosa_split": config["cosa_seg"]["split"]} if METHOD == "cosa" else {}),
             },
         ),
-        optional=optional_report_inputs,
+        optional=named_inputs(REPORT_OPTIONAL),
     shell:
         "python -m wsss report --input seeds_metrics={input.seeds_metrics:q}"
         " --input masks_metrics={input.masks_metrics:q}"
