@@ -117,6 +117,22 @@ def test_warmup_trains_the_classification_terms_only():
                           "loss_s2c"}  # csc: false
 
 
+@pytest.mark.parametrize("pooling", ["gmp", "gap"])
+def test_class_scores_pool_the_cam_as_configured(pooling):
+    net = _net(pooling=pooling, warmup_steps=10)
+    net.eval()
+    cam = torch.tensor([[[[1.0, -2.0], [3.0, 0.0]], [[-1.0, -1.0], [-1.0, -5.0]]]])
+    scores = net.image_scores({"cam": cam, "aux_cam": cam})
+    expected = [[3.0, -1.0]] if pooling == "gmp" else [[0.5, -2.0]]  # max / mean per class
+    assert torch.equal(scores["main"], torch.tensor(expected))
+    assert torch.equal(scores["aux"], torch.tensor(expected))
+    y = torch.tensor([[1.0, 0.0]])
+    loss = net.objective({"cam": cam, "aux_cam": cam}, y, 0)["loss_cls"]
+    z = torch.tensor(expected[0])  # multilabel soft margin by hand: mean over the classes
+    by_hand = (-torch.log(torch.sigmoid(z[0])) - torch.log(1 - torch.sigmoid(z[1]))) / 2
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
 def test_an_image_without_labels_trains_as_background_and_is_logged_once(caplog):
     net = _net(threshold="fixed")
     net.train()

@@ -15,7 +15,7 @@ Per training step (CoSA Algorithm 1):
    flipped-back mirror is kept, the scales are summed on the ON's grid and each class map is
    min-max normalised (M', M-dagger'); the segmentation logits are averaged (S').
 4. The objective, CoSA Eq. (11): L_cls + L_cls^aux (multilabel soft margin of the global max
-   pooled CAMs, Sec. 3.2) + lambda_c2s (L_c2s + L_c2s^aux) + lambda_s2c L_s2c + lambda_csc
+   pooled CAMs, Sec. 3.2; ``pooling: gap`` averages instead) + lambda_c2s (L_c2s + L_c2s^aux) + lambda_s2c L_s2c + lambda_csc
    L_csc, with the CPL of M' (Eq. 3) at the dynamic GMM threshold (Eq. 6, a queue of the
    AN's confidences: :class:`wsss.refine.gmm_queue.GmmQueueThreshold`) or a fixed one, the
    perplexity (Eq. 4) and RAW weights (Eq. 5), L_c2s^aux the same with M-dagger' (Algorithm 1
@@ -67,8 +67,18 @@ log = logging.getLogger(__name__)
 
 
 def _gmp(cam: torch.Tensor) -> torch.Tensor:
-    """Class scores Z (B, C) by global max pooling of the CAM logits (CoSA Sec. 3.2)."""
+    """Class scores Z (B, C) by global max pooling of the CAM logits (CoSA Sec. 3.2, 4.1)."""
     return cam.float().amax(dim=(2, 3))
+
+
+def _gap(cam: torch.Tensor) -> torch.Tensor:
+    """Class scores Z (B, C) by global average pooling of the CAM logits (CAM, Zhou et al.,
+    CVPR 2016)."""
+    return cam.float().mean(dim=(2, 3))
+
+
+#: ``classifier.cosa.pooling``: CAM logits (B, C, h, w) -> class scores (B, C).
+POOLING = {"gmp": _gmp, "gap": _gap}
 
 
 def _flip_max(maps: torch.Tensor, b: int) -> torch.Tensor:
@@ -126,6 +136,7 @@ class CoSANet(ClassifierMethod):
             raise ConfigError("config key classifier.cosa.an_scales: needs at least one "
                               f"positive scale, got {settings['an_scales']}")
         self.settings = settings
+        self.pool = POOLING[settings.get("pooling", "gmp")]
         self.online = CoSANetwork(n_classes, settings["backbone"], settings["aux_stage"],
                                   settings["aux_block"], settings["seg_width"])
         self.assign = copy.deepcopy(self.online)
@@ -254,8 +265,8 @@ class CoSANet(ClassifierMethod):
         y = labels.float()
         present = y > 0
         self._check_labels(present)
-        cls = F.multilabel_soft_margin_loss(_gmp(out["cam"]), y)
-        cls_aux = F.multilabel_soft_margin_loss(_gmp(out["aux_cam"]), y)
+        cls = F.multilabel_soft_margin_loss(self.pool(out["cam"]), y)
+        cls_aux = F.multilabel_soft_margin_loss(self.pool(out["aux_cam"]), y)
         terms: dict[str, torch.Tensor] = {"loss_cls": cls, "loss_cls_aux": cls_aux}
         loss = cls + cls_aux
         if "an_cam" in out:
@@ -281,9 +292,9 @@ class CoSANet(ClassifierMethod):
     # ------------------------------------------------------------------ inference
 
     def image_scores(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``main`` and ``aux``: the global max pooled CAM logits Z and Z-dagger (B, C) of a
+        """``main`` and ``aux``: the pooled (``pooling``) CAM logits Z and Z-dagger (B, C) of a
         forward (the ON's in eval mode)."""
-        return {"main": _gmp(out["cam"]), "aux": _gmp(out["aux_cam"])}
+        return {"main": self.pool(out["cam"]), "aux": self.pool(out["aux_cam"])}
 
     def cams(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The AN's ReLU'd CAMs of a normalised batch: ``cnn`` M' (B, C, h, w), the seed maps
