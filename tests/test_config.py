@@ -55,6 +55,21 @@ def test_params_are_stable_json():
     assert validate_config({}) == validate_config({})
 
 
+def test_method_section_keeps_the_method_own_keys_only():
+    from wsss.config import METHOD_KEYS, method_section
+    from wsss.methods.base import METHODS
+
+    assert set(METHOD_KEYS) == set(METHODS.names())
+    cfg = validate_config({})["classifier"]
+    shared = {k for k in cfg if not any(k in keys for keys in METHOD_KEYS.values())}
+    assert {"method", "epochs", "crop", "freeze_prefixes"} <= shared
+    cosa = method_section({**cfg, "method": "cosa"})
+    assert set(cosa) == shared | {"cosa", "cosa_optim"}
+    assert set(method_section({**cfg, "method": "cobra"})) == \
+        shared | {"cnn", "vit", "cobra", "cnn_optim", "vit_optim"}
+    assert set(method_section({**cfg, "method": "cam"})) == shared | {"cnn", "cnn_optim"}
+
+
 def test_import_wsss_is_light_and_fixes_torchvision():
     code = ("import sys, wsss; assert 'torch' not in sys.modules; "
             "import timm, torchvision.transforms.v2; from wsss.compat import torchvision_ops_mode;"

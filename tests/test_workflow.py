@@ -202,6 +202,15 @@ def test_execution_settings_rerun_nothing(tiny_run):
     assert jobs == set()
 
 
+def test_other_methods_settings_rerun_nothing(tiny_run):
+    """The tiny run is CoBra: CoSA's settings are not its parameters; CoBra's own are."""
+    other = planned_jobs(smk(tiny_run, "-n", config=(
+        "classifier={cosa: {seg_width: 3, momentum: 0.5}, cosa_optim: {lr: 0.5}}",)))
+    assert other == set()
+    own = planned_jobs(smk(tiny_run, "-n", config=("classifier={cobra: {tau: 0.5}}",)))
+    assert "train_classifier" in own
+
+
 def test_code_edit_reruns_the_stage_and_its_descendants_only(tiny_run, tmp_path):
     """An edit of a function fuse_cams reaches reruns fuse_cams and what depends on it (a copy
     of the workflow and package, with this run's metadata, is edited; the run is not)."""

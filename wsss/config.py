@@ -155,6 +155,25 @@ def load_config(path: str | Path, *overrides: Mapping[str, Any]) -> dict:
     return validate_config(config)
 
 
+#: ``classifier`` keys that only some methods read (the rest are shared by every method).
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "cam": ("cnn", "cnn_optim"),
+    "cobra": ("cnn", "vit", "cobra", "cnn_optim", "vit_optim"),
+    "cosa": ("cosa", "cosa_optim"),
+}
+
+
+def method_section(classifier: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``classifier`` section without the keys only other methods read (METHOD_KEYS), so
+    that a change to, e.g., ``classifier.vit`` does not retrain a CoSA classifier. A method
+    not in METHOD_KEYS keeps the whole section."""
+    own = METHOD_KEYS.get(classifier["method"])
+    if own is None:
+        return dict(classifier)
+    others = {k for keys in METHOD_KEYS.values() for k in keys} - set(own)
+    return {k: v for k, v in classifier.items() if k not in others}
+
+
 def repeated_configfile_flags(argv: list[str]) -> bool:
     """True when a command line repeats ``--configfile`` / ``--configfiles`` (Snakemake keeps
     only the last occurrence, so the earlier files would be dropped silently)."""

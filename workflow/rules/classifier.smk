@@ -18,7 +18,7 @@ rule train_classifier:
         **stage_params(
             "train_classifier",
             {
-                "classifier": config["classifier"],
+                "classifier": method_section(config["classifier"]),
                 "classes": classes_params(),
                 "device": config["device"],
                 "seed": config["seed"],

@@ -6,7 +6,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from wsss.checks import check_config
-from wsss.config import repeated_configfile_flags, validate_config
+from wsss.config import method_section, repeated_configfile_flags, validate_config
 from wsss.data.dataset_classes import classes_for
 from wsss.codehash import code_hash
 from wsss.devices import GPU_STAGES, TRAINING_STAGES
