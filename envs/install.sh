@@ -28,4 +28,4 @@ if "$venv/bin/python" -m pip list 2>/dev/null | grep -qiE '^(nvidia-|tensorflow)
     exit 1
   fi
 fi
-"$venv/bin/python" -c "import wsss, timm, torchvision, h5py, pydensecrf.densecrf; print('[wsss] ok: torch', __import__('torch').__version__, '| timm', timm.__version__)"
+"$venv/bin/python" -c "import wsss, timm, torchvision, h5py, pydensecrf.densecrf, pycocotools.mask; print('[wsss] ok: torch', __import__('torch').__version__, '| timm', timm.__version__)"

@@ -12,6 +12,22 @@ VOC_CLASSES: tuple[str, ...] = (
     "sheep", "sofa", "train", "tvmonitor",
 )
 
+# MS COCO 2014's 80 thing classes in ascending category id (1..90 with gaps), background first:
+# index i is the i-th category id of wsss.data.coco14.COCO_CATEGORY_IDS. Names as the
+# instances_*2014.json files spell them (the coco14 adapter checks the file against this list).
+COCO_CLASSES: tuple[str, ...] = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+    "boat", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+
 # The six VOC animal classes that animal-mnist provides silhouettes for.
 DEMO_CLASSES: tuple[str, ...] = ("background", "bird", "cat", "cow", "dog", "horse", "sheep")
 

@@ -1,5 +1,6 @@
-"""Preparing a data set: the demo's generation, the voc12 / folder indexes, and the split CSVs
-and class table written only after every file was checked (the stage ``prepare_data``)."""
+"""Preparing a data set: the demo's generation, the voc12 / folder indexes, the coco14 index and
+its rasterised masks, and the split CSVs and class table written only after every file was
+checked (the stage ``prepare_data``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+# imported at the top (unlike voc12's / the demo's function-level imports) so that the stage's
+# code hash (wsss.codehash, which follows module-level imports) covers the COCO rasteriser
+from wsss.data.coco14 import coco14_records
 from wsss.data.coverage import class_table, class_warnings, format_ids, write_class_table
 from wsss.data.table import Record, records_from_rows, validate_records, write_split_csv
 from wsss.errors import ConfigError, DataError
@@ -36,7 +40,7 @@ def progress_bar(desc: str) -> Any:
 
 
 def dataset_root(params: Mapping[str, Any]) -> Path:
-    """The configured data set root (required for voc12 and folder).
+    """The configured data set root (required for voc12, coco14 and folder).
 
     Raises:
         ConfigError: ``dataset.root`` is not set.
@@ -128,6 +132,49 @@ def prepare_demo(params: Mapping[str, Any], outputs: Mapping[str, Path],
                               for s in SPLITS}, stats)
     except BaseException:
         shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(masks, ignore_errors=True)
+        raise
+
+
+def prepare_coco14(params: Mapping[str, Any], outputs: Mapping[str, Path],
+                   classes: Sequence[str], threads: int) -> None:
+    """Index COCO 2014 (validated ``dataset`` section ``params``), rasterise its masks into a
+    staging directory, validate every image and mask, swap the masks in as
+    ``<dir of train csv>/masks/<split>/<id>.png`` and write the CSVs (image paths absolute, mask
+    paths relative to the CSV); nothing is left on error.
+
+    Raises:
+        ConfigError: ``dataset.root`` is not set.
+        DataError: a missing root, annotation file or image, a bad annotation (named), or an
+            image or mask that fails validation.
+    """
+    root = dataset_root(params)
+    cfg = params["coco14"]  # validated and filled by the config schema
+    names = {"train": cfg["train_split"], "val": cfg["val_split"]}
+    data_dir = outputs["train"].parent
+    masks = data_dir / "masks"
+    records: dict[str, list[Record]] = {}
+    rows: dict[str, list[dict]] = {}
+    with atomic_dir(masks) as mask_tmp:
+        for split in SPLITS:
+            t0 = time.perf_counter()
+            staged = coco14_records(root, names[split], classes, mask_tmp / split,
+                                    threads=threads,
+                                    progress=progress_bar(f"rasterise {names[split]}"))
+            log.info("%s (%s): %d masks rasterised in %.1f s", split, names[split], len(staged),
+                     time.perf_counter() - t0)
+            records[split] = records_from_rows(staged, classes, Path("/"),
+                                               f"coco14 {split} ({names[split]})")
+            validate_records(records[split], classes, threads=threads, progress=True)
+            log_summary(split, records[split], classes)
+            csv_dir = outputs[split].parent.resolve()
+            rows[split] = [{**r, "mask": Path(os.path.relpath(
+                masks / Path(r["mask"]).relative_to(mask_tmp), csv_dir)).as_posix()}
+                for r in staged]
+        stats = class_stats(records, classes)
+    try:
+        write_csvs(outputs, rows, stats)
+    except BaseException:
         shutil.rmtree(masks, ignore_errors=True)
         raise
 

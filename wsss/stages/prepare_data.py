@@ -2,11 +2,13 @@
 label statistics ``data/classes.csv``.
 
 ``params`` is the config's ``dataset`` section. Keys read:
-  name: demo | voc12 | folder
-  root: data set root (voc12: the VOC2012 directory; folder: base of the relative paths below)
+  name: demo | voc12 | coco14 | folder
+  root: data set root (voc12: the VOC2012 directory; coco14: the directory holding train2014/,
+    val2014/ and annotations/; folder: base of the relative paths below)
   classes: folder only; class names, background first
   demo: {n_train, n_val, size, size_jitter, seed, p_ctx}
   voc12: {train_split: train | train_aug, val_split: val | train, scored_train: train | all}
+  coco14: {train_split: train2014 | val2014, val_split: val2014 | train2014}
   folder: {images, masks (optional), train_labels, val_labels}  (paths, relative to root)
 
 outputs: {"train": data/train.csv, "val": data/val.csv, "classes": data/classes.csv (one row
@@ -14,10 +16,12 @@ per foreground class: ``class, train_images, val_images, train_masks, val_masks,
 :mod:`wsss.data.coverage`)}
 
 The demo's images go to ``<dir of train csv>/images/<split>/`` and its masks to
-``<dir of train csv>/masks/<split>/``. The CSVs are written only after every image and mask has
-been opened and checked; on any error nothing new is left behind. Ids must be plain names
-(:func:`wsss.data.table.check_id`). A class on every train image (no negative examples) or on
-none (no positive examples) is logged as a warning saying what it means for the result.
+``<dir of train csv>/masks/<split>/``; coco14's masks, rasterised from the instance
+annotations (:mod:`wsss.data.coco14`), go to the same ``masks/<split>/``. The CSVs are written
+only after every image and mask has been opened and checked; on any error nothing new is left
+behind. Ids must be plain names (:func:`wsss.data.table.check_id`). A class on every train
+image (no negative examples) or on none (no positive examples) is logged as a warning saying
+what it means for the result.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from wsss.data.prepare import (
     class_stats,
     dataset_rows,
     log_summary,
+    prepare_coco14,
     prepare_demo,
     write_csvs,
 )
@@ -49,6 +54,9 @@ def run(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Mapping[s
     threads = max(1, int(threads))
     if params["name"] == "demo":
         prepare_demo(params, out, classes, threads)
+        return
+    if params["name"] == "coco14":
+        prepare_coco14(params, out, classes, threads)
         return
     rows = dataset_rows(params, classes, threads)
     records: dict[str, list[Record]] = {}
