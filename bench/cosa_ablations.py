@@ -44,7 +44,8 @@ def run_dir(base: str, row: str) -> Path:
 def run(base: str, row: str, cores: int) -> None:
     """Snakemake up to the CoSA scores of one row (nothing when they are up to date)."""
     out = run_dir(base, row)
-    targets = [str(out / "metrics/cosa_seg.csv"), str(out / "metrics/seeds.csv")]
+    targets = [str((out / t).relative_to(ROOT)) for t in ("metrics/cosa_seg.csv",
+                                                           "metrics/seeds.csv")]
     config = [f"run={out.name}"] + ([SWITCHES[row]] if SWITCHES[row] else [])
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile",
            "config.yaml", "workflow/presets/demo-cosa.yaml", "--config", *config, "--",

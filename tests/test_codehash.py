@@ -87,6 +87,18 @@ def test_an_edit_reruns_exactly_the_stages_that_reach_it(package: Path):
     assert changed == users and "fuse_cams" in changed and "train_classifier" not in changed
 
 
+def test_an_edit_behind_a_lazy_import_reruns_its_stage(package: Path):
+    """``wsss.data.prepare`` imports the voc12 and demo adapters inside functions: an edit of
+    either reaches prepare_data (and only the stages that run that code)."""
+    before = hashes_of(package)
+    insert_statement(package / "wsss/data/voc12.py", "voc12_records", "_unused = 1")
+    after = hashes_of(package)
+    assert after["prepare_data"] != before["prepare_data"]
+    assert after["fuse_cams"] == before["fuse_cams"]
+    insert_statement(package / "wsss/data/demo.py", "generate_demo", "_unused = 2")
+    assert hashes_of(package)["prepare_data"] != after["prepare_data"]
+
+
 def test_a_new_unused_function_changes_nothing(package: Path):
     before = hashes_of(package)
     path = package / "wsss/metrics.py"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -87,6 +87,9 @@ class ModuleInfo:
     other: list[ast.AST] = field(default_factory=list)
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # alias -> target
     imported: set[str] = field(default_factory=set)  # wsss modules its imports execute
+    # per definition, the imports inside it: (alias -> target, wsss modules they execute)
+    local: dict[str, tuple[dict[str, tuple[str, str | None]], set[str]]] = field(
+        default_factory=dict)
 
     def dump(self, node: ast.AST) -> str:
         """A stable text of a node's syntax tree (no positions)."""
@@ -95,6 +98,36 @@ class ModuleInfo:
 
 def _package_of(module: str, path: Path) -> str:
     return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def _read_import(node: ast.Import | ast.ImportFrom, package: str,
+                 imports: dict[str, tuple[str, str | None]], imported: set[str]) -> None:
+    """Record what an import statement of ``package`` binds (``imports``: alias -> target) and
+    the ``wsss`` modules it executes (``imported``); imports from outside ``wsss`` are left out."""
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name.split(".")[0] == PACKAGE:
+                imported.add(alias.name)
+                if alias.asname:
+                    imports[alias.asname] = (alias.name, None)
+                else:  # `import wsss.a.b` binds `wsss`; chains resolve from the root
+                    imports[PACKAGE] = (PACKAGE, None)
+        return
+    base = node.module or ""
+    if node.level:
+        parent = package.split(".")
+        parent = parent[:len(parent) - (node.level - 1)]
+        base = ".".join([*parent, *([base] if base else [])])
+    if base.split(".")[0] != PACKAGE:
+        return
+    imported.add(base)
+    for alias in node.names:
+        target = f"{base}.{alias.name}"
+        if module_file(target) is not None:  # `from wsss.a import b` (a module)
+            imported.add(target)
+            imports[alias.asname or alias.name] = (target, None)
+        else:
+            imports[alias.asname or alias.name] = (base, alias.name)
 
 
 @cache
@@ -109,32 +142,17 @@ def parse_module(module: str) -> ModuleInfo | None:
     for node in tree.body:  # type: ignore[attr-defined]
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             info.defs[node.name] = node
+            # imports inside the definition (lazy imports): bound and executed when it runs
+            local: dict[str, tuple[str, str | None]] = {}
+            local_imported: set[str] = set()
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Import | ast.ImportFrom):
+                    _read_import(sub, package, local, local_imported)
+            if local or local_imported:
+                info.local[node.name] = (local, local_imported)
             continue
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] == PACKAGE:
-                    info.imported.add(alias.name)
-                    if alias.asname:
-                        info.imports[alias.asname] = (alias.name, None)
-                    else:  # `import wsss.a.b` binds `wsss`; chains resolve from the root
-                        info.imports[PACKAGE] = (PACKAGE, None)
-            continue
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")
-                parent = parent[:len(parent) - (node.level - 1)]
-                base = ".".join([*parent, *([base] if base else [])])
-            if base.split(".")[0] != PACKAGE:
-                continue
-            info.imported.add(base)
-            for alias in node.names:
-                target = f"{base}.{alias.name}"
-                if module_file(target) is not None:  # `from wsss.a import b` (a module)
-                    info.imported.add(target)
-                    info.imports[alias.asname or alias.name] = (target, None)
-                else:
-                    info.imports[alias.asname or alias.name] = (base, alias.name)
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            _read_import(node, package, info.imports, info.imported)
             continue
         info.other.append(node)
     return info
@@ -215,8 +233,13 @@ def reachable(module: str, name: str = "run") -> tuple[set[Def], set[str]]:
                 continue
             defs.add(item)
             todo.append(item[0])
+            scope = info
+            if item[1] in info.local:  # names bound by the definition's own imports
+                local, local_imported = info.local[item[1]]
+                todo.extend(local_imported)
+                scope = replace(info, imports={**info.imports, **local})
             for chain in _names(info.defs[item[1]]):
-                todo.extend(_resolve(info, chain))
+                todo.extend(_resolve(scope, chain))
         # registered definitions: a decorator mentioning a reached definition or module code
         for mod in list(modules):
             info = parse_module(mod)
