@@ -76,7 +76,9 @@ def test_preset_leaves_are_preset_or_schema_default(preset: Path) -> None:
                 if key not in own and demo(key) != defaults[key]:
                     assert value != demo(key), f"{preset.stem}: demo value leaked into {key}"
                 seen += 1
-    assert seen > 100
+    # not a vacuous comparison: a CoSA DAG compares 97 settings (since train_classifier's params
+    # carry only the chosen method's classifier keys), a CoBra one more
+    assert seen > 90
 
 
 def test_demo_has_its_own_config_and_stacked_files_merge(tmp_path: Path) -> None:
