@@ -16,12 +16,13 @@ Per training step (CoSA Algorithm 1):
    min-max normalised (M', M-dagger'); the segmentation logits are averaged (S').
 4. The objective, CoSA Eq. (11): L_cls + L_cls^aux (multilabel soft margin of the global max
    pooled CAMs, Sec. 3.2; ``pooling: gap`` averages instead) + lambda_c2s (L_c2s + L_c2s^aux) +
-   lambda_s2c L_s2c + lambda_csc L_csc, with the CPL of M' (Eq. 3) at the dynamic GMM threshold (Eq.
-   6, a queue of the AN's confidences: :class:`wsss.refine.gmm_queue.GmmQueueThreshold`) or a fixed
-   one, the perplexity (Eq. 4) and RAW weights (Eq. 5), L_c2s^aux the same with M-dagger' (Algorithm
-   1 line 16, same threshold), the SPL of S' (Eq. 7) for L_s2c (Eq. 8), and L_csc (Eq. 9-10) on M
-   against the low-perplexity CPL of M-dagger'. During the ``warmup_steps`` only the two
-   classification losses act (CoSA supplement C: 6k iterations on VOC) and the AN is not run.
+   lambda_s2c L_s2c + lambda_csc L_csc, with the CPL of M' (Eq. 3) at the dynamic GMM threshold
+   (Eq. 6, a queue of the AN's confidences: :class:`wsss.refine.gmm_queue.GmmQueueThreshold`) or
+   a fixed one, the perplexity (Eq. 4) and RAW weights (Eq. 5), L_c2s^aux the same with
+   M-dagger' (Algorithm 1 line 16, same threshold), the SPL of S' (Eq. 7) for L_s2c (Eq. 8), and
+   L_csc (Eq. 9-10) on M against the low-perplexity CPL of M-dagger'. During the
+   ``warmup_steps`` only the two classification losses act (CoSA supplement C: 6k iterations on
+   VOC) and the AN is not run.
 5. After the optimizer step the AN moves towards the ON: Theta' <- m Theta' + (1 - m) Theta
    (:meth:`CoSANet.after_step`, :func:`wsss.train.ema.ema_update`).
 
