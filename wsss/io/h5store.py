@@ -164,6 +164,22 @@ class H5Reader:
             out[name] = arr.astype(np.float32) if arr.dtype == np.float16 else arr
         return out
 
+    def read_map(self, image_id: str, name: str) -> np.ndarray:
+        """One map of one image, as :meth:`get` returns it (float16 as float32), for readers of
+        one map per item (the training loaders): one path lookup through h5py's low-level API
+        instead of ``get``'s group, attribute and ``keys`` reads, ~2.5x faster per image
+        (bench/loader.py)."""
+        f = self._f()
+        try:
+            ds = h5py.h5d.open(f.id, f"images/{image_id}/{name}".encode())
+        except KeyError:
+            if image_id not in f["images"]:
+                raise DataError(f"{self.path} has no entry for image {image_id!r}") from None
+            raise DataError(f"{self.path} has no map {name!r} for image {image_id!r}") from None
+        arr = np.empty(ds.shape, ds.dtype)
+        ds.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+        return arr.astype(np.float32) if arr.dtype == np.float16 else arr
+
     def infer_size(self, image_id: str) -> tuple[int, int]:
         """The (h, w) at which the network saw an image: its ``infer_size`` attribute, or its
         ``size`` when the store has none (the image was not resized)."""

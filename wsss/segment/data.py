@@ -54,7 +54,7 @@ class SegmentationCrops(Dataset):
         rec = self.records[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
         img = read_rgb(rec.image)
-        mask = self.masks.get(rec.id, [self.key])[self.key]
+        mask = self.masks.read_map(rec.id, self.key)
         if mask.shape != img.shape[:2]:
             raise DataError(f"{self.what} of {rec.id!r} is {mask.shape[1]}x{mask.shape[0]} but "
                             f"its image {rec.image} is {img.shape[1]}x{img.shape[0]}")
