@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -460,3 +464,31 @@ def test_prepare_voc12(tmp_path: Path) -> None:
     assert [r.mask.parent.name for r in train] == ["SegmentationClassAug"] * 3
     with pytest.raises(ConfigError, match=r"dataset\.root"):
         prepare_data.run({}, out, _dataset(name="voc12", root=None))
+
+
+def test_prepare_voc12_train_aug_without_sbd_masks(tmp_path: Path) -> None:
+    """train_aug on a VOC root without SegmentationClassAug (SBD not unpacked there), with and
+    without an ImageSets train_aug list: one line naming the missing folder (or a mask in it),
+    exit 2 from the command line, nothing written."""
+    root = tmp_path / "VOC2012"
+    _fake_voc(root)
+    shutil.rmtree(root / "SegmentationClassAug")
+    aug = str(root / "SegmentationClassAug")
+    out = _outputs(tmp_path / "data")
+    params = validate_config({"dataset": {
+        "name": "voc12", "root": str(root),
+        "voc12": {"train_split": "train_aug", "val_split": "val"}}})["dataset"]
+    cmd = [sys.executable, "-m", "wsss", "prepare_data", "--params", json.dumps(params)]
+    cmd += [a for k, v in out.items() for a in ("--output", f"{k}={v}")]
+    for listed in (False, True):
+        if listed:  # the release's list, naming an SBD-only image
+            (root / "ImageSets/Segmentation/train_aug.txt").write_text(
+                "2007_000001\n2007_000004\n")
+        with pytest.raises(DataError) as err:
+            prepare_data.run({}, out, params)
+        assert aug in str(err.value) and "\n" not in str(err.value), str(err.value)
+        assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert aug in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not any(p.exists() for p in out.values())

@@ -191,6 +191,61 @@ def test_freeze_prefix_error_stops_the_dry_run(tmp_path: Path) -> None:
     assert "config key segmentation.freeze_prefixes" in proc.stdout + proc.stderr
 
 
+def test_weights_of_another_architecture_stop_the_parse(tmp_path: Path) -> None:
+    """A weights file that exists but belongs to another network stops the parse-time check
+    (and so ``snakemake -n``, exit 1) with the config key, the file and the model, not the
+    training stage after the earlier jobs; a replaced file is checked again despite the cache."""
+    import timm
+
+    r18, vit = tmp_path / "resnet18.pth", tmp_path / "vit.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), r18)
+    torch.save(timm.create_model("vit_tiny_patch16_224", depth=2).state_dict(), vit)
+    cam = {"method": "cam", "freeze_prefixes": []}
+    cases = [
+        ({"classifier": {**cam, "cnn": {"name": "resnet50", "pretrained": str(r18)}},
+          "fusion": "cnn"},
+         rf"config key classifier\.cnn\.pretrained: pretrained weights {r18} do not fit the "
+         r"model 'resnet50' .*: 198 of the model's 318 tensors missing from the file "
+         r"\(layer1\.0\.conv3\.weight, .*23 of another shape \(layer1\.0\.conv1\.weight: file "
+         r"64x64x3x3, model 64x64x1x1"),
+        ({"segmentation": {"backbone": {"name": "resnet18", "pretrained": str(vit)},
+                           "freeze_prefixes": []}},
+         rf"config key segmentation\.backbone\.pretrained: pretrained weights {vit} do not fit "
+         r"the model 'resnet18' .*: 120 of the model's 120 tensors missing"),
+        ({"classifier": {"method": "cobra", "cnn": {"name": "resnet18"}, "freeze_prefixes": [],
+                         "vit": {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2},
+                                 "hybrid": {"name": "resnet50", "pretrained": str(r18)}}}},
+         r"config key classifier\.vit\.hybrid\.pretrained: .* do not fit the model 'resnet50'"),
+    ]
+    for sections, message in cases:
+        config = _config(**sections)
+        with pytest.raises(ConfigError, match=message):
+            check_config(config, len(classes_for(config["dataset"])))
+    # fitting files pass (heads and, for features_only backbones, unused layers aside) ...
+    good = _config(classifier={**cam, "cnn": {"name": "resnet18", "pretrained": str(r18)}},
+                   fusion="cnn", irn={"backbone": {"name": "resnet18", "pretrained": str(r18)}},
+                   segmentation={"backbone": {"name": "resnet18", "pretrained": str(r18)},
+                                 "freeze_prefixes": []})
+    cache = tmp_path / "checks"
+    check_config(good, len(classes_for(good["dataset"])), cache)
+    assert len(list(cache.iterdir())) == 1
+    # ... and a file replaced by another network's weights is caught on the next parse
+    r18.write_bytes(vit.read_bytes())
+    with pytest.raises(ConfigError, match=r"config key classifier\.cnn\.pretrained: "
+                                          r".*resnet18\.pth do not fit the model 'resnet18'"):
+        check_config(good, len(classes_for(good["dataset"])), cache)
+    # end to end: the dry run stops before any job
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"segmentation": {
+        "backbone": {"name": "resnet18", "pretrained": str(vit)}, "freeze_prefixes": []}}))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--configfile",
+                                       str(ROOT / "workflow/presets/tiny.yaml"), str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert re.search(r"config key segmentation\.backbone\.pretrained: pretrained weights "
+                     rf"{vit} do not fit the model 'resnet18'", proc.stdout + proc.stderr)
+
+
 def _fake_hub_cache(cache: Path, repo: str, state: dict[str, torch.Tensor]) -> Path:
     """Lay out a Hugging Face hub cache entry holding ``state`` as model.safetensors."""
     from safetensors.torch import save_file

@@ -7,8 +7,10 @@ device (no weights, no memory, ~1 s) so that an unknown timm name, a keyword it 
 ``freeze_prefixes`` entry that matches no parameter, a ViT without readable attention or a
 segmenter whose backbone lacks a stride-4 / stride-16 feature stops ``snakemake`` before the
 first job, not hours later on a GPU. Pretrained weights are checked where that is cheap: a local
-file must exist, the packaged EfficientNet-Lite0 must be installed, and with ``HF_HUB_OFFLINE=1``
-timm weights must already be in the Hugging Face cache.
+file must exist and fit the network it is loaded into (tensor names and shapes against the
+meta-device build, the file memory-mapped: a resnet18 file for a resnet50 or a ViT's for a CNN
+stops the parse), the packaged EfficientNet-Lite0 must be installed, and with
+``HF_HUB_OFFLINE=1`` timm weights must already be in the Hugging Face cache.
 
 Every error is a :class:`wsss.errors.ConfigError` naming the config key.
 """
@@ -126,6 +128,34 @@ def check_pretrained(key: str, backbone: Mapping[str, Any]) -> None:
         raise ConfigError(f"config key {key}.pretrained: weights file not found: {path}")
 
 
+def _is_file_setting(pretrained: str) -> bool:
+    return pretrained not in ("none", "timm", "efficientnet_lite0")
+
+
+def check_weights_fit(key: str, backbone: Mapping[str, Any], module: Any,
+                      features_only: bool) -> None:
+    """Check that the weights file ``backbone['pretrained']`` fits ``module``, the (meta-device)
+    timm network the stage loads it into: the same names and shapes, heads aside
+    (:func:`wsss.models.weights.fit_state`, as the stage does it). Nothing for ``none``,
+    ``timm`` and ``efficientnet_lite0``.
+
+    Raises:
+        ConfigError: naming ``<key>.pretrained``, the file and the model, with the counts and a
+            few names of the missing, unexpected and differently shaped tensors.
+    """
+    pretrained = backbone["pretrained"]
+    if not _is_file_setting(pretrained):
+        return
+    from wsss.models.weights import fit_state, read_state
+
+    path = Path(pretrained).expanduser()
+    try:
+        fit_state(module, read_state(path, mmap=True), str(path), features_only,
+                  backbone["name"])
+    except ConfigError as exc:
+        raise ConfigError(f"config key {key}.pretrained: {exc}") from None
+
+
 def check_models(config: Mapping[str, Any], n_classes: int) -> None:
     """Build every network of the config on the meta device and check its settings.
 
@@ -133,7 +163,8 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
     ``segmentation.freeze_prefixes`` against the built backbones' parameter names, the ViT's
     attention (CoBra reads it every step), CoSA's auxiliary stage / block
     (``classifier.cosa.aux_stage`` / ``aux_block``), the segmenter's feature strides, and the
-    pretrained weights (:func:`check_pretrained`).
+    pretrained weights (:func:`check_pretrained`; a local file also against the network it is
+    loaded into, :func:`check_weights_fit`).
 
     Raises:
         ConfigError: naming the key.
@@ -164,18 +195,22 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
                               f"these settings ({type(exc).__name__}: {exc})") from None
 
     cls = config["classifier"]
+    # config key -> (the timm network its pretrained weights are loaded into, features_only)
+    loaded_into: dict[str, tuple[Any, bool]] = {}
     if cls["method"] == "cosa":
         cosa = cls["cosa"]
         pair = build("classifier.cosa.backbone", lambda: FeaturePair(
             cosa["backbone"]["name"], "none", cosa["backbone"]["kwargs"], cosa["aux_stage"],
             cosa["aux_block"]))
         freeze_prefixes(pair.backbone, cls["freeze_prefixes"], "classifier.freeze_prefixes")
+        loaded_into["classifier.cosa.backbone"] = (pair.backbone, False)
     else:
         cnn = cls["cnn"]
         cnn_branch = build("classifier.cnn", lambda: CNNBranch(cnn["name"], "none", n_classes,
                                                                kwargs=cnn["kwargs"]))
         freeze_prefixes(cnn_branch.backbone, cls["freeze_prefixes"],
                         "classifier.freeze_prefixes")
+        loaded_into["classifier.cnn"] = (cnn_branch.backbone, False)
     if cls["method"] == "cobra":
         vit = cls["vit"]
         hybrid = vit["hybrid"] and {**vit["hybrid"], "pretrained": "none"}
@@ -185,6 +220,9 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
         if hybrid:
             freeze_prefixes(branch.stem, hybrid["freeze_prefixes"],
                             "classifier.vit.hybrid.freeze_prefixes")
+            loaded_into["classifier.vit.hybrid"] = (branch.stem, True)
+        else:
+            loaded_into["classifier.vit"] = (branch.vit, False)
         if branch.stride != cnn_branch.stride:
             # CAP (CoBra Eq. 1) pairs each CNN cell with the ViT token at the same place
             raise ConfigError(f"config key classifier.vit.name: {vit['name']!r} has token "
@@ -199,13 +237,17 @@ def check_models(config: Mapping[str, Any], n_classes: int) -> None:
                               f"use e.g. {fit}")
     if config["masks"]["source"] == "walk":  # masks.source cpl trains no IRN
         irn = config["irn"]["backbone"]
-        build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
+        edges = build("irn.backbone", lambda: EdgeNet(irn["name"], "none", irn["kwargs"]))
+        loaded_into["irn.backbone"] = (edges.backbone, True)
     seg = json.loads(json.dumps(config["segmentation"]))
     seg["backbone"]["pretrained"] = "none"
     net = build("segmentation.backbone", lambda: build_segmenter(seg, n_classes))
     freeze_prefixes(net.backbone, seg["freeze_prefixes"], "segmentation.freeze_prefixes")
+    loaded_into["segmentation.backbone"] = (net.backbone, True)
     for key, backbone in backbones(config).items():
         check_pretrained(key, backbone)
+        if key in loaded_into:
+            check_weights_fit(key, backbone, *loaded_into[key])
 
 
 def _fingerprint(config: Mapping[str, Any], n_classes: int) -> str:
@@ -217,6 +259,12 @@ def _fingerprint(config: Mapping[str, Any], n_classes: int) -> str:
     digest = hashlib.sha256(json.dumps([sections, n_classes], sort_keys=True).encode())
     digest.update(importlib.metadata.version("timm").encode())
     digest.update(os.environ.get("HF_HUB_OFFLINE", "").encode())
+    for backbone in backbones(config).values():  # a weights file replaced in place
+        if _is_file_setting(backbone["pretrained"]):
+            path = Path(backbone["pretrained"]).expanduser()
+            stat = path.stat() if path.is_file() else None
+            digest.update(repr((str(path.resolve()), stat and (stat.st_size, stat.st_mtime_ns))
+                               ).encode())
     package = Path(__file__).resolve().parent
     for path in sorted([Path(__file__), *package.glob("models/*.py"),
                         *package.glob("methods/*.py"), package / "train" / "utils.py"]):

@@ -59,22 +59,98 @@ def map_lite0_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str,
-               features_only: bool = False) -> None:
-    """Load ``state`` into ``model`` skipping classifier heads (and, for a features-only
-    backbone, the layers it drops); any missing or other unexpected key fails."""
+_HEAD_PREFIXES = ("classifier.", "fc.", "head.", "head_dist.")
+
+
+def _names(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape) or "scalar"
+
+
+def fit_state(model: nn.Module, state: object, source: str, features_only: bool = False,
+              name: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` that ``model`` takes: ``state`` without classifier heads the
+    model lacks (and, for a features-only backbone, without the layers it drops).
+
+    Compares names and shapes only (``model`` may live on the meta device), so a file of another
+    architecture is refused before anything is loaded.
+
+    Raises:
+        ConfigError: ``state`` is not a state dict, or it does not fit ``model``: naming
+            ``source`` (and the model ``name``), with the number of the model's tensors missing
+            from it, of its tensors the model lacks and of tensors of another shape,
+            a few names of each.
+    """
+    model_name = f" {name!r}" if name else ""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ConfigError(f"pretrained weights {source}: not a state dict (tensors by name, "
+                          f"optionally under 'state_dict' or 'model')")
     own = model.state_dict()
-    head_prefixes = ("classifier.", "fc.", "head.", "head_dist.")
-    kept = {k: v for k, v in state.items() if not (k.startswith(head_prefixes) and (
+    kept = {k: v for k, v in state.items() if not (k.startswith(_HEAD_PREFIXES) and (
         k not in own or own[k].shape != v.shape))}
     if features_only:
         kept = {k: v for k, v in kept.items() if k in own}
-    missing, unexpected = model.load_state_dict(kept, strict=False)
-    missing = [k for k in missing if not k.startswith(head_prefixes)]
-    if missing or unexpected:
-        raise ConfigError(
-            f"pretrained weights {source} do not fit the model: missing {missing[:5]} "
-            f"unexpected {unexpected[:5]}")
+    missing = [k for k in own if k not in kept and not k.startswith(_HEAD_PREFIXES)]
+    unexpected = [k for k in kept if k not in own]
+    mismatched = [k for k in kept if k in own and own[k].shape != kept[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the model's {len(own)} tensors missing from the "
+                         f"file ({_names(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors in the file that the model lacks "
+                         f"({_names(unexpected)})")
+        if mismatched:
+            shown = "; ".join(f"{k}: file {_shape(kept[k])}, model {_shape(own[k])}"
+                              for k in mismatched[:3])
+            more = "; ..." if len(mismatched) > 3 else ""
+            parts.append(f"{len(mismatched)} of another shape ({shown}{more})")
+        raise ConfigError(f"pretrained weights {source} do not fit the model{model_name} "
+                          f"(weights of another architecture?): {', '.join(parts)}")
+    return kept
+
+
+def read_state(path: Path, mmap: bool = False) -> object:
+    """Read a ``torch.save``d weights file (unwrapping ``state_dict`` / ``model``) on the CPU;
+    ``mmap`` maps the tensors instead of reading them (a name and shape check then costs no
+    file read).
+
+    Raises:
+        ConfigError: the file is missing or torch cannot read it (naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pretrained weights file not found: {path}")
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # files of the legacy (pre-1.6, non-zip) format cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for a bad file
+        raise ConfigError(f"cannot read pretrained weights file {path}: not a torch.save'd "
+                          f"state dict ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    return state
+
+
+def _load_into(model: nn.Module, state: object, source: str, features_only: bool = False,
+               name: str | None = None) -> None:
+    """Load ``state`` into ``model`` skipping classifier heads (and, for a features-only
+    backbone, the layers it drops); any missing, other unexpected or differently shaped tensor
+    fails (:func:`fit_state`) before anything is copied."""
+    kept = fit_state(model, state, source, features_only, name)
+    model.load_state_dict(kept, strict=False)
     log.info("loaded pretrained weights from %s (%d tensors)", source, len(kept))
 
 
@@ -109,14 +185,9 @@ def create_backbone(name: str, pretrained: str = "none", **kwargs: object) -> nn
         state = map_lite0_to_timm(torch.load(path, map_location="cpu", weights_only=True))
     else:
         path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"pretrained weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if isinstance(state, dict) and "model" in state:
-            state = state["model"]
-    _load_into(model, state, str(path), features_only=bool(kwargs.get("features_only")))
+        state = read_state(path)
+    _load_into(model, state, str(path), features_only=bool(kwargs.get("features_only")),
+               name=name)
     return model
 
 
