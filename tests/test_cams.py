@@ -170,6 +170,57 @@ def test_h5_writer_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_h5_writer_given_ids_takes_any_add_order(tmp_path):
+    path = tmp_path / "cams.h5"
+    with H5Writer(path, "cams", ["bg"], {}, ids=["a", "b", "c"]) as w:
+        for name in ("c", "a", "b"):
+            w.add(name, (1, 1), np.array([], dtype=np.int64), {})
+    assert H5Reader(path).ids == ["a", "b", "c"]
+    # an image of the ids never added: an error, and nothing is committed
+    with pytest.raises(ValueError, match="missing"), \
+            H5Writer(tmp_path / "short.h5", "cams", ["bg"], {}, ids=["a", "b"]) as w:
+        w.add("b", (1, 1), np.array([], dtype=np.int64), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cams.h5"]
+
+
+def test_extract_split_writes_each_batch_as_it_finishes(tmp_path):
+    """Interleaved sizes: batches of same-size images out of record order; each image is handed
+    to the writer as soon as its batch is done (nothing held back), /ids keeps record order."""
+    from PIL import Image
+
+    from wsss.cams.extract import extract_split
+    from wsss.data.table import Record
+
+    class Model(torch.nn.Module):
+        maps = ("cnn",)
+
+        def cams(self, x):
+            b, _, h, w = x.shape
+            return {"cnn": torch.ones(b, 2, -(-h // 16), -(-w // 16))}
+
+    records = []
+    for i in range(6):  # sizes A B A B A B, batch size 3: [0, 2, 4] then [1, 3, 5]
+        h, w = (16, 24) if i % 2 == 0 else (24, 16)
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        records.append(Record(f"im{i}", tmp_path / f"{i}.png", None, (1 + i % 2,)))
+    ids = [r.id for r in records]
+    added = []
+    path = tmp_path / "cams.h5"
+    with H5Writer(path, "cams", ["bg", "x", "y"], {}, ids=ids) as writer:
+        real_add = writer.add
+        writer.add = lambda image_id, *a, **k: (added.append(image_id), real_add(image_id, *a,
+                                                                                  **k))
+        extract_split(Model(), records, 2, ZERO, ONE, [1.0], False, 3, torch.device("cpu"),
+                      writer, 512, None)
+    assert added == ["im0", "im2", "im4", "im1", "im3", "im5"]
+    store = H5Reader(path, kind="cams")
+    assert store.ids == ids
+    for rec in records:
+        item = store.get(rec.id)
+        assert item["keys"].tolist() == list(rec.labels)
+        assert item["cnn"].shape == (1, *Image.open(rec.image).size[::-1])
+
+
 def test_quantize_bounds_error():
     from wsss.cams.extract import quantize
 

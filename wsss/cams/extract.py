@@ -37,8 +37,10 @@ def extract_split(model: torch.nn.Module, records: Sequence[Record], n_classes: 
                   mean: Sequence[float], std: Sequence[float], scales: Sequence[float],
                   flip: bool, batch_size: int, device: torch.device, writer: H5Writer,
                   quantization: int, max_side: int | None, num_workers: int = 0) -> None:
-    """Run multi-scale extraction over ``records`` and add every image to ``writer``, in record
-    order.
+    """Run multi-scale extraction over ``records`` and add every image to ``writer`` as soon as
+    its batch is done (batches hold same-size images, so not in record order: the writer must
+    take the split order as its ``ids``, :class:`wsss.io.h5store.H5Writer`; nothing is held
+    back, memory does not grow with the split).
 
     ``model.cams(x)`` maps a normalised batch to named maps (``cnn``, ``tran``: (B, K, h, w);
     ``attn``: (B, 1, h, w)); per image the maps of its classes are kept, max-normalised
@@ -52,15 +54,12 @@ def extract_split(model: torch.nn.Module, records: Sequence[Record], n_classes: 
     loader = DataLoader(ds, batch_sampler=size_batches(records, batch_size),
                         collate_fn=_collate, num_workers=num_workers)
     amp = device.type == "cuda"
-    done: dict[int, tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int],
-                          tuple[int, int]]] = {}
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(device, amp):
             return model.cams(x)
 
     bar = tqdm(total=len(records), desc="extract", mininterval=5, dynamic_ncols=True)
-    next_i = 0
     for imgs, labels, idx, sizes in loader:
         maps = multiscale_maps(forward, imgs.to(device), scales, flip, mean=mean, std=std)
         seen = (int(imgs.shape[-2]), int(imgs.shape[-1]))
@@ -80,12 +79,8 @@ def extract_split(model: torch.nn.Module, records: Sequence[Record], n_classes: 
                 out[f"{name}_strided"] = quantize(normalize_by_max(st[kd]), quantization
                                                   ).cpu().numpy()
                 out[name] = quantize(normalize_by_max(hr), quantization).cpu().numpy()
-            done[i] = ((keys + 1).numpy(), out, full, seen)
-        # keep the file in record order: flush every finished prefix
-        while next_i in done:
-            keys_arr, item, full, seen = done.pop(next_i)
-            writer.add(records[next_i].id, full, keys_arr, item, dtypes={"attn": np.float32},
+            writer.add(records[i].id, full, (keys + 1).numpy(), out, dtypes={"attn": np.float32},
                        infer_size=seen)
-            next_i += 1
+        del maps
         bar.update(len(idx))
     bar.close()

@@ -44,12 +44,18 @@ def _compressed(group: h5py.Group, name: str, data: np.ndarray, dtype: Any) -> N
 
 
 class H5Writer:
-    """Writes one store atomically: use as a context manager, call :meth:`add` per image."""
+    """Writes one store atomically: use as a context manager, call :meth:`add` per image.
+
+    ``/ids`` is the order of :meth:`add`, or ``ids`` when given: then images may be added in
+    any order (each written as soon as it is ready, none held back to keep the file in split
+    order) and the store is committed only if exactly those images were added.
+    """
 
     def __init__(self, path: str | os.PathLike[str], kind: str, classes: list[str],
-                 meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any], ids: Sequence[str] | None = None) -> None:
         self.path, self.kind, self.classes, self.meta = Path(path), kind, classes, meta
         self._ids: list[str] = []
+        self._order = None if ids is None else [str(i) for i in ids]
 
     def __enter__(self) -> H5Writer:
         self._ctx = atomic_path(self.path)
@@ -102,13 +108,26 @@ class H5Writer:
         self._ids.append(image_id)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        try:
-            if exc_type is None:
-                self._file.create_dataset("ids", data=np.array(self._ids, dtype=object),
+        error: BaseException | None = None
+        if exc_type is None:
+            try:
+                ids = self._ids
+                if self._order is not None:
+                    if sorted(self._ids) != sorted(self._order):
+                        missing = sorted(set(self._order) - set(self._ids))
+                        raise ValueError(f"{self.path}: {len(self._ids)} image(s) added, "
+                                         f"{len(self._order)} in its ids (e.g. missing "
+                                         f"{missing[:1]})")
+                    ids = self._order
+                self._file.create_dataset("ids", data=np.array(ids, dtype=object),
                                           dtype=h5py.string_dtype())
-        finally:
-            self._file.close()
+            except BaseException as failed:  # nothing is committed
+                error = failed
+        self._file.close()
+        if error is None:
             self._ctx.__exit__(exc_type, exc, tb)
+        elif not self._ctx.__exit__(type(error), error, error.__traceback__):
+            raise error
 
 
 class H5Reader:

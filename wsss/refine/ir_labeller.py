@@ -156,11 +156,14 @@ def label_images(tasks: Sequence[Task], labeller: Labeller, workers: int = 1,
                        what="labelling")
 
 
-def metrics_rows(results: Sequence[ImageResult], classes: Sequence[str]) -> list[dict[str, Any]]:
+def metrics_rows(results: Sequence[ImageResult], classes: Sequence[str],
+                 confusion_total: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Per-image rows ``id, bg_threshold, fg_threshold, confident_fraction, precision, images``
     and the ``__total__`` row (thresholds: mean over images; precision over all scored pixels;
     ``miou`` and ``iou_<class>`` of the labels with 255 counted as background, the convention
-    of :mod:`wsss.metrics`; NaN where nothing was scored)."""
+    of :mod:`wsss.metrics`; NaN where nothing was scored). ``confusion_total``: the sum of the
+    results' confusion matrices, when the caller added them up as they came (and dropped them:
+    a split's worth of (n, n) matrices is what streaming avoids); None: summed here."""
     def precision(correct: int, scored: int, has_mask: bool) -> float:
         return correct / scored if has_mask and scored else float("nan")
 
@@ -178,8 +181,10 @@ def metrics_rows(results: Sequence[ImageResult], classes: Sequence[str]) -> list
                  "precision": precision(sum(r.correct for r in results), scored,
                                         any(r.has_mask for r in results)),
                  "images": sum(r.has_mask for r in results)})
-    confs = [r.confusion for r in results if r.confusion is not None]
-    total = np.sum(confs, axis=0) if confs else None
+    total = confusion_total
+    if total is None:
+        confs = [r.confusion for r in results if r.confusion is not None]
+        total = np.sum(confs, axis=0) if confs else None
     rows[-1]["miou"] = mean_iou(total) if total is not None else float("nan")
     ious = iou_from_confusion(total) if total is not None else np.full(len(classes), np.nan)
     rows[-1].update({f"iou_{c}": float(v) for c, v in zip(classes, ious, strict=True)})

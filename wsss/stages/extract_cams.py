@@ -56,7 +56,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
                   "attn_resolution": "strided", "quantization": cfg["quantization"]}
     log.info("extracting %s CAMs for %d images at scales %s (flip=%s) on %s, long side capped "
              "at %s", meta["method"], len(records), cfg["scales"], cfg["flip"], device, max_side)
-    with H5Writer(outputs["cams"], "cams", list(classes), store_meta) as writer:
+    # images are written as their same-size batch finishes; /ids keeps the split order
+    with H5Writer(outputs["cams"], "cams", list(classes), store_meta,
+                  ids=[r.id for r in records]) as writer:
         extract_split(model, records, len(classes) - 1, meta["mean"], meta["std"],
                       cfg["scales"], cfg["flip"], cfg["batch_size"], device, writer,
                       cfg["quantization"], max_side)

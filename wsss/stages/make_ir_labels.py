@@ -57,6 +57,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
              max(1, threads))
     meta = {"source_meta": labeller.seeds.meta, "ir_labels": params["ir_labels"]}
     results: list[ImageResult] = []
+    conf_total: np.ndarray | None = None  # the split's confusion, added image by image
     with H5Writer(outputs["labels"], "ir_labels", classes, meta) as writer, \
             contextlib.closing(label_images(tasks, labeller, threads)) as stream:
         for res in tqdm(stream, total=len(tasks), desc=f"IR labels ({mode})", mininterval=5):
@@ -64,7 +65,11 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             writer.add(res.id, res.size, res.keys,
                        {"label": res.label, "thresholds": np.array([thr.bg, thr.fg])},
                        dtypes={"label": np.uint8, "thresholds": np.float32})
-            res.label = np.zeros(0, dtype=np.uint8)  # keep only the scores in memory
+            if res.confusion is not None:
+                conf_total = res.confusion if conf_total is None \
+                    else conf_total + res.confusion
+            # keep only the per-image scores in memory: no label map, no (n, n) matrix
+            res.label, res.confusion = np.zeros(0, dtype=np.uint8), None
             results.append(res)
     clipped = sum(r.thresholds.clipped for r in results)
     if clipped:
@@ -75,7 +80,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     if fallback:
         log.warning("%d of %d images: no usable GMM fit, fixed thresholds used", fallback,
                     len(results))
-    table = pd.DataFrame(metrics_rows(results, classes))
+    table = pd.DataFrame(metrics_rows(results, classes, confusion_total=conf_total))
     with atomic_path(outputs["metrics"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     total = table.iloc[-1]
