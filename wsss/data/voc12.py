@@ -68,6 +68,9 @@ def voc12_records(root: Path, split: str, threads: int = 1) -> list[dict]:
         raise DataError(f"VOC root directory not found: {root}")
     mask_dirs = [root / "SegmentationClass", root / "SegmentationClassAug"]
     if split == "train_aug":
+        if not mask_dirs[1].is_dir():  # else its images in train.txt would silently fall back
+            raise DataError(f"VOC split train_aug needs the SBD masks folder {mask_dirs[1]} "
+                            "(SegmentationClassAug of the SBD-augmented release): not found")
         mask_dirs.reverse()
     records = []
     for ident in _split_ids(root, split):
