@@ -10,9 +10,15 @@ For the CNN branch (CAK), the ViT branch (SAK) and their fusion, prints:
 * CLS-attention contrast (ViT): the mean of the stored semantic-agnostic attention map A_obj
   (CLS-to-patch attention summed over layers, CoBra Sec. 3.4) inside ground-truth foreground
   divided by its mean inside background, per image, averaged over the scored images;
-* per-class IoU of each seed variant at its best sweep threshold.
+* per-class IoU of each seed variant at its best sweep threshold;
+* why the attention rule gains or loses against one global threshold (``--per-image``, the
+  selected variant ``--per-image-variant``): per image, the rule's threshold (``--percentile``,
+  ``--grid``: the ``ir_labels.attention`` settings, defaults as the schema) against the
+  threshold of the 0.05-step grid that labels the image's pixels best (pixel accuracy), their
+  correlation, each one's correlation with the image's ground-truth foreground fraction, and
+  the mIoU of those per-image best thresholds (the ceiling of any per-image rule on this grid).
 
-    python bench/branches.py [RUN_DIR] [--variants cnn tran fuse] [--threads 2]
+    python bench/branches.py [RUN_DIR] [--variants cnn tran fuse] [--threads 2] [--per-image]
 
 RUN_DIR defaults to ``results/demo``; it needs ``classifier/model.pt``, ``data/train.csv``,
 ``cams/train.h5`` and ``metrics/seeds.csv`` (``snakemake --cores all --until eval_seeds``).
@@ -32,11 +38,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wsss  # noqa: E402, F401  (torchvision fix before timm)
+from wsss.cams.fuse import fuse_maps  # noqa: E402
+from wsss.cams.thresholds import attention_threshold, labels_at_threshold  # noqa: E402
 from wsss.data.coverage import split_by_ground_truth  # noqa: E402
 from wsss.data.datasets import WholeImages, load_mask  # noqa: E402
 from wsss.data.table import read_split_csv  # noqa: E402
 from wsss.io.h5store import H5Reader  # noqa: E402
 from wsss.methods.holdout import average_precision, split_holdout  # noqa: E402
+from wsss.metrics import confusion, mean_iou  # noqa: E402
 from wsss.models.classifier import load_classifier  # noqa: E402
 
 # seed variant -> the classifier branch whose image scores stand beside it
@@ -92,12 +101,50 @@ def attention_contrast(run: Path, classes: list[str]) -> tuple[float, int]:
     return (float(np.mean(ratios)) if ratios else float("nan")), len(ratios)
 
 
+def per_image_thresholds(run: Path, classes: list[str], variant: str, percentile: float,
+                         grid: float) -> dict[str, float]:
+    """The attention rule's per-image thresholds against each image's best one (module
+    docstring): correlations and the mIoU of the per-image best thresholds."""
+    cams = H5Reader(run / "cams/train.h5", kind="cams", classes=classes)
+    records = {r.id: r for r in read_split_csv(run / "data/train.csv", classes)}
+    scored, _ = split_by_ground_truth([records[i] for i in cams.ids])
+    n, grid_t = len(classes), np.round(np.arange(0.05, 0.951, 0.05), 2)
+    rule, best, fg_fraction = [], [], []
+    ceiling = np.zeros((n, n), dtype=np.int64)
+    for rec in scored:
+        item = cams.get(rec.id)
+        if "attn" not in item:
+            return {}
+        gt = load_mask(rec.mask, item["size"], rec.id)
+        seed = fuse_maps(item, variant)
+        confs = [confusion(gt, labels_at_threshold(seed, item["keys"], t), n) for t in grid_t]
+        k = int(np.argmax([np.trace(c) / max(int(c.sum()), 1) for c in confs]))
+        ceiling += confs[k]
+        best.append(grid_t[k])
+        rule.append(attention_threshold(item["attn"], percentile, grid))
+        valid = gt != 255
+        fg_fraction.append(float(((gt > 0) & valid).sum() / max(int(valid.sum()), 1)))
+    if len(rule) < 2:
+        return {}
+    r, b, f = map(np.asarray, (rule, best, fg_fraction))
+    return {"images": len(r), "rule mean": r.mean(), "rule std": r.std(), "best mean": b.mean(),
+            "best std": b.std(), "corr(rule, best)": np.corrcoef(r, b)[0, 1],
+            "corr(rule, fg fraction)": np.corrcoef(r, f)[0, 1],
+            "corr(best, fg fraction)": np.corrcoef(b, f)[0, 1],
+            "per-image best mIoU": mean_iou(ceiling)}
+
+
 def main() -> None:
     """Print the branch table of one finished run."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", nargs="?", default="results/demo", type=Path)
     ap.add_argument("--variants", nargs="+", default=["cnn", "tran", "fuse"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--per-image", action="store_true",
+                    help="also the attention rule's per-image analysis (module docstring)")
+    ap.add_argument("--per-image-variant", default="fuse")
+    ap.add_argument("--percentile", type=float, default=93.0)
+    ap.add_argument("--grid", type=float, default=0.05)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = args.run
@@ -138,6 +185,15 @@ def main() -> None:
         best = max(float(table[v]["seed mIoU, sweep"]) for v in singles)
         print(f"\nfuse - best single branch (sweep): "
               f"{float(table['fuse']['seed mIoU, sweep']) - best:+.3f}")
+    if args.per_image:
+        got = per_image_thresholds(run, classes, args.per_image_variant, args.percentile,
+                                   args.grid)
+        print(f"\nattention rule per image ({args.per_image_variant}, percentile "
+              f"{args.percentile:g}, grid {args.grid:g}) vs each image's best threshold:")
+        if not got:
+            print("  no attention map in the store")
+        for key, value in got.items():
+            print(f"  {key:<26} {value:.3f}" if key != "images" else f"  {key:<26} {value}")
 
 
 if __name__ == "__main__":
