@@ -342,6 +342,21 @@ def _fake_voc(root: Path) -> None:
             _save_mask(root / "SegmentationClass" / f"{ident}.png", m)
 
 
+def test_voc12_train_aug_mask_from_segmentation_class_is_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A train_aug image without its SBD mask takes the official one, and the log says so."""
+    _fake_voc(tmp_path)
+    (tmp_path / "ImageSets/Segmentation/train_aug.txt").write_text(
+        "2007_000001\n2007_000002\n2007_000004\n")
+    (tmp_path / "SegmentationClassAug/2007_000001.png").unlink()
+    with caplog.at_level("WARNING"):
+        aug = voc12_records(tmp_path, "train_aug")
+    assert [Path(r["mask"]).parent.name for r in aug] == \
+        ["SegmentationClass", "SegmentationClassAug", "SegmentationClassAug"]
+    assert aug[0]["labels"] == ["cat", "dog"]
+    assert "1 image(s) have no mask in" in caplog.text and "2007_000001" in caplog.text
+
+
 def test_voc12_records(tmp_path: Path) -> None:
     _fake_voc(tmp_path)
     train = voc12_records(tmp_path, "train")

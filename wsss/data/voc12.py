@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from PIL import Image
 
 from wsss.data.classes import IGNORE_INDEX, VOC_CLASSES
 from wsss.errors import DataError
+
+log = logging.getLogger(__name__)
 
 VOC_SPLITS: tuple[str, ...] = ("train", "val", "train_aug")
 
@@ -72,7 +75,7 @@ def voc12_records(root: Path, split: str, threads: int = 1) -> list[dict]:
             raise DataError(f"VOC split train_aug needs the SBD masks folder {mask_dirs[1]} "
                             "(SegmentationClassAug of the SBD-augmented release): not found")
         mask_dirs.reverse()
-    records = []
+    records, fell_back = [], []
     for ident in _split_ids(root, split):
         image = root / "JPEGImages" / f"{ident}.jpg"
         if not image.is_file():
@@ -81,7 +84,13 @@ def voc12_records(root: Path, split: str, threads: int = 1) -> list[dict]:
                     None)
         if mask is None:
             raise DataError(f"VOC mask not found: {mask_dirs[0] / f'{ident}.png'}")
+        if mask.parent != mask_dirs[0]:
+            fell_back.append(ident)
         records.append({"id": ident, "image": str(image), "mask": str(mask)})
+    if fell_back:  # the same annotation, so the same labels; but the tree is not as released
+        log.warning("VOC split %s: %d image(s) have no mask in %s and take theirs from %s "
+                    "(e.g. %s)", split, len(fell_back), mask_dirs[0], mask_dirs[1],
+                    ", ".join(fell_back[:3]))
     with ThreadPoolExecutor(max(1, threads)) as pool:
         labels = list(pool.map(_mask_labels, [Path(r["mask"]) for r in records]))
     for rec, lab in zip(records, labels, strict=True):
