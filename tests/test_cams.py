@@ -221,6 +221,26 @@ def test_extract_split_writes_each_batch_as_it_finishes(tmp_path):
         assert item["cnn"].shape == (1, *Image.open(rec.image).size[::-1])
 
 
+def test_reader_metadata_cache_stays_capped(tmp_path):
+    """Reading every image of a store keeps HDF5's metadata cache at its cap (the adaptive
+    default grows toward 32 MiB with the number of groups visited, and memory with it)."""
+    from wsss.io.h5store import METADATA_CACHE_BYTES
+
+    path = tmp_path / "labels.h5"
+    ids = [f"im{i:05d}" for i in range(4000)]
+    label = np.zeros((4, 4), np.uint8)
+    with H5Writer(path, "ir_labels", ["bg", "x"], {}) as w:
+        for i in ids:
+            w.add(i, (4, 4), np.array([1], dtype=np.int64), {"label": label},
+                  dtypes={"label": np.uint8})
+    store = H5Reader(path, kind="ir_labels")
+    for i in ids:
+        store.get(i)
+        store.read_map(i, "label")
+    max_size, _, current, _ = store._f().id.get_mdc_size()
+    assert current <= max_size <= METADATA_CACHE_BYTES
+
+
 def test_quantize_bounds_error():
     from wsss.cams.extract import quantize
 

@@ -21,7 +21,7 @@ import numpy as np
 from wsss.data.datasets import size_batches
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
-from wsss.io.h5store import FORMAT_VERSION
+from wsss.io.h5store import FORMAT_VERSION, cap_metadata_cache
 
 T = TypeVar("T")
 
@@ -65,6 +65,8 @@ def merge_stores(parts: Sequence[str | os.PathLike[str]], output: str | os.PathL
             in two shards, or an id of the split is in none.
     """
     handles = [h5py.File(p, "r") for p in parts]
+    for f in handles:  # each would grow to 32 MiB of metadata otherwise
+        cap_metadata_cache(f)
     try:
         first = handles[0]
         attrs = {k: first.attrs[k] for k in ("kind", "classes", "meta")}

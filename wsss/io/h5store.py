@@ -43,6 +43,29 @@ def _compressed(group: h5py.Group, name: str, data: np.ndarray, dtype: Any) -> N
                          compression_opts=4, shuffle=True)
 
 
+# HDF5's metadata cache of an open store (group headers, link B-trees of /images); see
+# cap_metadata_cache.
+METADATA_CACHE_BYTES = 2 * 2**20
+
+
+def cap_metadata_cache(f: h5py.File, max_bytes: int = METADATA_CACHE_BYTES) -> None:
+    """Bound the HDF5 metadata cache of ``f`` to ``max_bytes`` (initial and minimum: the same
+    or 1 MiB).
+
+    HDF5's adaptive default lets a reader's cache grow to 32 MiB as it visits the groups of a
+    store, and the process's resident memory grows about ten times as much: one reader of a
+    50,000-image store reached 306 MB after one pass (58 MB with 2 MiB), two passes over 2,000
+    demo seed images 188 MB (61 MB), so a stage's memory grew with the split. Capped, a full
+    pass was no slower (158 s against 190 s on the 50,000 images).
+    """
+    cfg = f.id.get_mdc_config()
+    cfg.set_initial_size = True
+    cfg.initial_size = max_bytes
+    cfg.min_size = min(max_bytes, 2**20)
+    cfg.max_size = max_bytes
+    f.id.set_mdc_config(cfg)
+
+
 class H5Writer:
     """Writes one store atomically: use as a context manager, call :meth:`add` per image.
 
@@ -161,6 +184,7 @@ class H5Reader:
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")
+            cap_metadata_cache(self._file)
             self._pid = os.getpid()
         return self._file
 
