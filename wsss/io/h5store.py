@@ -195,13 +195,17 @@ class H5Reader:
             self.ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         self._file: h5py.File | None = None
         self._pid = -1
-        self._direct: dict[str, bool] = {}  # map name -> read_map inflates its chunk itself
+        # read_map: the open /images group; per map name its dtype when read_map inflates its
+        # chunk itself, else None
+        self._images: h5py.h5g.GroupID | None = None
+        self._direct: dict[str, np.dtype | None] = {}
 
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             cap_metadata_cache(self._file)
             self._pid = os.getpid()
+            self._images = None
         return self._file
 
     def __contains__(self, image_id: str) -> bool:
@@ -230,24 +234,27 @@ class H5Reader:
         (bench/loader.py); a byte map's one chunk is inflated here (~165 us per demo mask
         against ~250 us through HDF5's filters; a per-image PNG: ~130 us)."""
         f = self._f()
+        if self._images is None:
+            self._images = h5py.h5g.open(f.id, b"images")
         try:
-            ds = h5py.h5d.open(f.id, f"images/{image_id}/{name}".encode())
+            ds = h5py.h5d.open(self._images, f"{image_id}/{name}".encode())
         except KeyError:
             if image_id not in f["images"]:
                 raise DataError(f"{self.path} has no entry for image {image_id!r}") from None
             raise DataError(f"{self.path} has no map {name!r} for image {image_id!r}") from None
         shape = ds.shape
         if all(shape):  # a non-empty map: one chunk, as H5Writer writes every map of the store
-            direct = self._direct.get(name)
-            if direct is None:  # decided once per map name (the property list costs ~90 us)
-                direct = self._direct[name] = (ds.dtype.itemsize == 1
-                                               and _one_deflated_chunk(ds))
-            if direct:
+            if name not in self._direct:  # decided once per map (a property list costs ~90 us)
+                dtype = ds.dtype
+                self._direct[name] = dtype if dtype.itemsize == 1 and _one_deflated_chunk(ds) \
+                    else None
+            dtype = self._direct[name]
+            if dtype is not None:
                 # byte maps (labels): shuffle is the identity on 1-byte items, so the chunk is
                 # plain deflate; inflating it here skips HDF5's filter pipeline
                 skipped, raw = ds.read_direct_chunk((0,) * len(shape))
                 if skipped == 0:
-                    return np.frombuffer(zlib.decompress(raw), ds.dtype).reshape(shape).copy()
+                    return np.frombuffer(zlib.decompress(raw), dtype).reshape(shape).copy()
         arr = np.empty(ds.shape, ds.dtype)
         ds.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
         return arr.astype(np.float32) if arr.dtype == np.float16 else arr
@@ -268,11 +275,12 @@ class H5Reader:
 
     def close(self) -> None:
         """Close the underlying file if open."""
+        self._images = None
         if self._file is not None:
             self._file.close()
             self._file = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_file"], state["_pid"] = None, -1
+        state["_file"], state["_pid"], state["_images"] = None, -1, None
         return state
