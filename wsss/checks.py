@@ -129,6 +129,8 @@ def check_pretrained(key: str, backbone: Mapping[str, Any]) -> None:
 
 
 def _is_file_setting(pretrained: str) -> bool:
+    """Whether a ``pretrained`` setting names a weights file (not none / timm / the packaged
+    EfficientNet-Lite0, as :func:`wsss.models.weights.create_backbone` reads it)."""
     return pretrained not in ("none", "timm", "efficientnet_lite0")
 
 
@@ -282,7 +284,7 @@ def check_config(config: Mapping[str, Any], n_classes: int,
     """
     check_consistency(config)
     for key, backbone in backbones(config).items():  # local files can vanish: never cached
-        if backbone["pretrained"] not in ("none", "timm", "efficientnet_lite0"):
+        if _is_file_setting(backbone["pretrained"]):
             check_pretrained(key, backbone)
     marker = Path(cache_dir) / _fingerprint(config, n_classes) if cache_dir else None
     if marker is not None and marker.exists():
