@@ -147,3 +147,71 @@ def test_read_map_returns_what_get_returns(tmp_path: Path):
         reader.read_map("b", "cam")
     with pytest.raises(DataError, match="no map 'mask' for image 'a'"):
         reader.read_map("a", "mask")
+
+
+def _without_hdf5_reads(reader: H5Reader, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make read_map's HDF5 path fail, so that only the chunk index can answer."""
+
+    def fail(image_id: str, name: str) -> np.ndarray:
+        raise AssertionError(f"read {image_id}/{name} through HDF5")
+
+    monkeypatch.setattr(reader, "_read_map_hdf5", fail)
+
+
+def test_label_maps_are_read_through_the_chunk_index(store, monkeypatch):
+    records, maps, path = store
+    ids = [r.id for r in records]
+    with h5py.File(path, "r") as f:
+        rows = f["chunk_index/label"][()]
+        assert sorted(f["chunk_index"]) == ["label", "mask_crf"]
+        for row, ident in zip(rows, ids, strict=True):  # /ids order: offset, bytes, H, W
+            info = f["images"][ident]["label"].id.get_chunk_info(0)
+            assert tuple(row) == (info.byte_offset, info.size, *maps[ident].shape)
+    reader = H5Reader(path, kind="ir_labels")
+    _without_hdf5_reads(reader, monkeypatch)
+    for ident in ids:
+        got = reader.read_map(ident, "label")
+        assert got.dtype == np.uint8 and got.flags.writeable
+        np.testing.assert_array_equal(got, maps[ident])
+    # and in forked workers (the positioned reads share the parent's handle)
+    ds = SegmentationCrops(records, reader, "mask_crf", len(CLASSES), 16, (0.8, 1.2), MEAN, STD,
+                           seed=3)
+    assert len(list(epoch_loader(ds, 4, seed=3, epoch=1, start_step=0, num_workers=2))) == 3
+
+
+def test_a_chunk_index_that_does_not_match_the_file_is_not_used(store, caplog):
+    records, maps, path = store
+    ids = [r.id for r in records]
+    with h5py.File(path, "r+") as f:  # as if the store had been repacked: offsets moved
+        f["chunk_index/label"][len(ids) // 2, 0] += 8
+    reader = H5Reader(path, kind="ir_labels")
+    with caplog.at_level("WARNING"):
+        for ident in ids:
+            np.testing.assert_array_equal(reader.read_map(ident, "label"), maps[ident])
+    assert sum("/chunk_index/label does not match" in r.message for r in caplog.records) == 1
+    reader.close()
+    # an entry that the spot check does not see fails loudly, never returns other bytes
+    with h5py.File(path, "r+") as f:
+        f["chunk_index/mask_crf"][1, 0] += 8
+    with pytest.raises(DataError, match=r"entry of map 'mask_crf' of image 'im01' does not hold"):
+        H5Reader(path, kind="ir_labels").read_map("im01", "mask_crf")
+
+
+def test_merged_shards_index_their_own_chunks(store, tmp_path, monkeypatch):
+    from wsss.shards import merge_stores
+
+    records, maps, path = store
+    ids = [r.id for r in records]
+    parts = []
+    for k, part_ids in enumerate((ids[1::2], ids[::2])):  # the merged file reorders the chunks
+        part = tmp_path / f"part{k}.h5"
+        with H5Writer(part, "ir_labels", CLASSES, {}) as w:
+            for ident in part_ids:
+                w.add(ident, maps[ident].shape, np.array([1]), {"label": maps[ident]},
+                      dtypes={"label": np.uint8})
+        parts.append(part)
+    merge_stores(parts, tmp_path / "merged.h5", ids)
+    reader = H5Reader(tmp_path / "merged.h5", kind="ir_labels")
+    _without_hdf5_reads(reader, monkeypatch)
+    for ident in ids:
+        np.testing.assert_array_equal(reader.read_map(ident, "label"), maps[ident])

@@ -21,7 +21,7 @@ import numpy as np
 from wsss.data.datasets import size_batches
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
-from wsss.io.h5store import FORMAT_VERSION, cap_metadata_cache
+from wsss.io.h5store import FORMAT_VERSION, cap_metadata_cache, write_chunk_index
 
 T = TypeVar("T")
 
@@ -90,6 +90,7 @@ def merge_stores(parts: Sequence[str | os.PathLike[str]], output: str | os.PathL
                 where[ident].copy(where[ident]["images"][ident], images, name=ident)
             out.create_dataset("ids", data=np.array(list(ids), dtype=object),
                                dtype=h5py.string_dtype())
+            write_chunk_index(out, list(ids))  # the chunks' places in this file
     finally:
         for f in handles:
             f.close()

@@ -8,6 +8,10 @@ Layout::
                  (the size the network saw, when the long side was capped: cams stores);
                  datasets: keys (int16 class indices 1..C) and one dataset per map (float16
                  CAMs (K, H, W), uint8 labels, strided maps at the stride-4 grid of infer_size)
+    /chunk_index/<name>  int64 (N, 4) in /ids order, one per 2-D uint8 map (the labels): the
+                 file offset and byte count of the map's one deflated chunk and its (H, W),
+                 -1 where the image's map is empty; the training loaders read a label map with
+                 one positioned read and an inflate instead of an HDF5 path lookup
 
 Files are written to a temporary sibling and renamed on success (see :class:`H5Writer`).
 Readers open the file lazily, so a reader object can be sent to DataLoader workers before use.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -28,6 +33,8 @@ import numpy as np
 
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path, disk_full_error, free_bytes, is_disk_full
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Free space kept beyond twice an image's raw size before writing it: HDF5 buffers writes and,
@@ -77,6 +84,46 @@ def _one_deflated_chunk(ds: h5py.h5d.DatasetID) -> bool:
     filters = [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
     return filters in ([h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE],
                        [h5py.h5z.FILTER_DEFLATE])
+
+
+def _byte_map_names(group: h5py.Group) -> list[str]:
+    """The 2-D uint8 maps of one image's group (the label maps; ``keys`` is int16)."""
+    return sorted(name for name, ds in group.items()
+                  if isinstance(ds, h5py.Dataset) and ds.dtype == np.uint8 and ds.ndim == 2)
+
+
+def write_chunk_index(f: h5py.File, ids: Sequence[str]) -> None:
+    """Write ``/chunk_index/<name>`` of the open store ``f`` for each 2-D uint8 map of its first
+    image (see the module's layout): per image of ``ids``, in that order, the file offset and
+    byte count of the map's chunk and its (H, W), or -1 where the map is empty, absent or not
+    one shuffle + deflate chunk. Called last by the writers, once every chunk has its place
+    (HDF5 does not move an allocated chunk)."""
+    if not ids:
+        return
+    images = f["images"]
+    names = _byte_map_names(images[ids[0]])
+    if not names:
+        return
+    group = f.create_group("chunk_index")
+    for name in names:
+        rows = np.full((len(ids), 4), -1, np.int64)
+        one_chunk: bool | None = None  # the filters, checked once per map (as H5Writer writes)
+        for row, image_id in enumerate(ids):
+            try:
+                ds = h5py.h5d.open(images.id, f"{image_id}/{name}".encode())
+            except KeyError:
+                continue
+            if not all(ds.shape) or len(ds.shape) != 2:
+                continue
+            if one_chunk is None:
+                one_chunk = ds.dtype == np.uint8 and _one_deflated_chunk(ds)
+            if not one_chunk:
+                break
+            info = ds.get_chunk_info(0)
+            if info.filter_mask == 0 and info.byte_offset is not None:
+                rows[row] = (info.byte_offset, info.size, *ds.shape)
+        if one_chunk:
+            group.create_dataset(name, data=rows)
 
 
 class H5Writer:
@@ -156,8 +203,10 @@ class H5Writer:
     def __exit__(self, exc_type, exc, tb) -> bool | None:  # noqa: ANN001
         try:
             if exc_type is None:
-                self._file.create_dataset("ids", data=np.array(self._final_ids(), dtype=object),
+                ids = self._final_ids()
+                self._file.create_dataset("ids", data=np.array(ids, dtype=object),
                                           dtype=h5py.string_dtype())
+                write_chunk_index(self._file, ids)
             self._file.close()
         except BaseException as failed:  # nothing is committed; the atomic path names a full disk
             with contextlib.suppress(Exception):
@@ -199,6 +248,12 @@ class H5Reader:
         # chunk itself, else None
         self._images: h5py.h5g.GroupID | None = None
         self._direct: dict[str, np.dtype | None] = {}
+        # read_map's chunk index: per map name its /chunk_index rows (None: none to use), the
+        # row of each id, and an unbuffered handle for positioned reads (safe to share with
+        # forked workers: pread moves no file position)
+        self._index: dict[str, np.ndarray | None] = {}
+        self._rows: dict[str, int] = {}
+        self._raw: Any = None
 
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
@@ -229,10 +284,39 @@ class H5Reader:
 
     def read_map(self, image_id: str, name: str) -> np.ndarray:
         """One map of one image, as :meth:`get` returns it (float16 as float32), for readers of
-        one map per item (the training loaders): one path lookup through h5py's low-level API
-        instead of ``get``'s group, attribute and ``keys`` reads, ~2.5x faster per image
-        (bench/loader.py); a byte map's one chunk is inflated here (~165 us per demo mask
-        against ~250 us through HDF5's filters; a per-image PNG: ~130 us)."""
+        one map per item (the training loaders).
+
+        A label map listed in ``/chunk_index`` is one positioned read of its deflated chunk
+        and an inflate (~45 us per demo mask against ~125 us for a per-image PNG,
+        bench/loader.py); other maps take one path lookup through h5py's low-level API instead
+        of ``get``'s group, attribute and ``keys`` reads (~2.5x faster than ``get``).
+
+        Raises:
+            DataError: naming the store and image when the image or map is not in it, or when
+                its chunk index entry does not hold the map (the file was changed after it was
+                written).
+        """
+        index = self._chunk_index(name)
+        row = self._rows.get(image_id) if index is not None else None
+        if row is not None and index[row, 0] >= 0:
+            offset, nbytes, h, w = (int(v) for v in index[row])
+            if self._raw is None:
+                self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed by close)
+            data = os.pread(self._raw.fileno(), nbytes, offset)
+            try:
+                flat = zlib.decompress(data)
+            except zlib.error:
+                flat = b""
+            if len(flat) != h * w:
+                raise DataError(f"{self.path}: the chunk index entry of map {name!r} of image "
+                                f"{image_id!r} does not hold it (the file was changed after it "
+                                f"was written?); rerun the rule that writes it")
+            # shuffle is the identity on 1-byte items: the chunk is plain deflate
+            return np.frombuffer(bytearray(flat), np.uint8).reshape(h, w)
+        return self._read_map_hdf5(image_id, name)
+
+    def _read_map_hdf5(self, image_id: str, name: str) -> np.ndarray:
+        """read_map through HDF5: one path lookup; a byte map's one chunk inflated here."""
         f = self._f()
         if self._images is None:
             self._images = h5py.h5g.open(f.id, b"images")
@@ -250,14 +334,46 @@ class H5Reader:
                     else None
             dtype = self._direct[name]
             if dtype is not None:
-                # byte maps (labels): shuffle is the identity on 1-byte items, so the chunk is
-                # plain deflate; inflating it here skips HDF5's filter pipeline
                 skipped, raw = ds.read_direct_chunk((0,) * len(shape))
                 if skipped == 0:
                     return np.frombuffer(zlib.decompress(raw), dtype).reshape(shape).copy()
         arr = np.empty(ds.shape, ds.dtype)
         ds.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
         return arr.astype(np.float32) if arr.dtype == np.float16 else arr
+
+    def _chunk_index(self, name: str) -> np.ndarray | None:
+        """``/chunk_index/<name>`` (loaded once), or None when the store has none for the map
+        or it does not match the file: its first, middle and last entries are checked against
+        HDF5's own chunk table, and a mismatch (a store rewritten by another tool, e.g.
+        h5repack) is logged once and read through HDF5 instead."""
+        if name in self._index:
+            return self._index[name]
+        f = self._f()
+        rows = None
+        if "chunk_index" in f and name in f["chunk_index"]:
+            rows = f["chunk_index"][name][()]
+            if rows.shape == (len(self.ids), 4) and self._index_matches(rows, name):
+                self._rows = {image_id: k for k, image_id in enumerate(self.ids)}
+            else:
+                log.warning("%s: /chunk_index/%s does not match the file (changed after it was "
+                            "written?); its %r maps are read through HDF5", self.path, name,
+                            name)
+                rows = None
+        self._index[name] = rows
+        return rows
+
+    def _index_matches(self, rows: np.ndarray, name: str) -> bool:
+        """Whether the first, middle and last rows of a chunk index agree with HDF5's chunk
+        table (offset, byte count and shape)."""
+        images = self._f()["images"]
+        for i in sorted({0, len(rows) // 2, len(rows) - 1}) if len(rows) else []:
+            if rows[i, 0] < 0:
+                continue
+            ds = images[self.ids[i]][name]
+            info = ds.id.get_chunk_info(0)
+            if (info.byte_offset, info.size, *ds.shape) != tuple(int(v) for v in rows[i]):
+                return False
+        return True
 
     def infer_size(self, image_id: str) -> tuple[int, int]:
         """The (h, w) at which the network saw an image: its ``infer_size`` attribute, or its
@@ -276,11 +392,14 @@ class H5Reader:
     def close(self) -> None:
         """Close the underlying file if open."""
         self._images = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         if self._file is not None:
             self._file.close()
             self._file = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_file"], state["_pid"], state["_images"] = None, -1, None
+        state["_file"], state["_pid"], state["_images"], state["_raw"] = None, -1, None, None
         return state
