@@ -31,7 +31,8 @@ for the crops, idle 2-core CPU) and before that ``H5Reader.get(id, [key])``, whi
 the image's group, its ``size`` attribute and its ``keys`` dataset: ~0.5 ms of HDF5 object opens
 per image against ~0.2 ms for a PNG decode, HDF5 / PNG 0.22-0.28 for the labels alone and
 0.56-0.90 for the crops on the demo (2-core CPU, loaded). A store written before the index is
-timed as an indexed copy in a temporary directory (the run directory is only read).
+timed as a copy of its maps written by the current :class:`H5Writer` into a temporary directory
+(the run directory is only read).
 
 ``RUN_DIR`` (default ``results/demo``) is a finished run with ``data/train.csv``,
 ``ir_labels/train.h5`` and ``masks/train.h5``; it is only read. Without them, or with
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import shutil
 import statistics
 import sys
 import tempfile
@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wsss.config import load_workflow_config  # noqa: E402
 from wsss.data.table import Record, read_split_csv  # noqa: E402
-from wsss.io.h5store import H5Reader, H5Writer, write_chunk_index  # noqa: E402
+from wsss.io.h5store import H5Reader, H5Writer  # noqa: E402
 from wsss.refine.ir_crops import IRCrops  # noqa: E402
 from wsss.segment.data import SegmentationCrops  # noqa: E402
 from wsss.train.data import epoch_loader  # noqa: E402
@@ -139,6 +139,18 @@ def write_pngs(reader: H5Reader, ids: list[str], key: str, directory: Path) -> N
         Image.fromarray(reader.get(image_id, [key])[key]).save(directory / f"{image_id}.png")
 
 
+def rewrite(reader: H5Reader, ids: list[str], key: str, path: Path) -> Path:
+    """Write map ``key`` of each image of ``reader`` into a new store at ``path`` through
+    :class:`H5Writer` (as the stages write it today); returns ``path``."""
+    with H5Writer(path, reader.kind, reader.classes, reader.meta) as writer:
+        for image_id in ids:
+            item = reader.get(image_id, [key])
+            writer.add(image_id, item["size"], item["keys"], {key: item[key]},
+                       dtypes={key: item[key].dtype})
+    reader.close()
+    return path
+
+
 def dataset(name: str, data: str, records: list[Record], labels: Any, key: str, n_classes: int,
             section: dict[str, Any]) -> Dataset:
     """The row's data set over ``labels`` (an H5Reader or its PngLabels twin)."""
@@ -207,14 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             path = run / kind / "train.h5"
             with h5py.File(path, "r") as f:
                 indexed = "chunk_index" in f and key in f["chunk_index"]
-            if not indexed:  # a store written before the index: index a copy, as H5Writer does
-                print(f"{path}: no /chunk_index/{key} (written before it); timing an indexed "
-                      f"copy (write_chunk_index, as the writers add it)")
-                copy = Path(tmp) / f"{kind}_train.h5"
-                shutil.copyfile(path, copy)
-                with h5py.File(copy, "r+") as f:
-                    write_chunk_index(f, list(f["ids"].asstr()[()]))
-                path = copy
+            if not indexed:  # written before the index: time the map as H5Writer writes it now
+                print(f"{path}: no /chunk_index/{key} (written before it); timing a copy of its "
+                      f"{key!r} maps written by the current H5Writer")
+                path = rewrite(H5Reader(path, kind=kind, classes=classes), ids, key,
+                               Path(tmp) / f"{kind}_train.h5")
             reader = H5Reader(path, kind=kind, classes=classes)
             missing = [i for i in ids if i not in reader]  # opens the file here, as the stages
             if missing:

@@ -215,3 +215,50 @@ def test_merged_shards_index_their_own_chunks(store, tmp_path, monkeypatch):
     _without_hdf5_reads(reader, monkeypatch)
     for ident in ids:
         np.testing.assert_array_equal(reader.read_map(ident, "label"), maps[ident])
+
+
+def test_a_store_replaced_under_a_reader_is_not_read_with_the_old_index(store, tmp_path):
+    records, maps, path = store
+    ids = [r.id for r in records]
+
+    def write(order: list[str], target: Path) -> None:
+        with H5Writer(target, "ir_labels", CLASSES, {}) as w:
+            for ident in order:
+                w.add(ident, maps[ident].shape, np.array([1]), {"label": maps[ident]},
+                      dtypes={"label": np.uint8})
+
+    reader = H5Reader(path, kind="ir_labels")
+    np.testing.assert_array_equal(reader.read_map(ids[0], "label"), maps[ids[0]])
+    reader.close()
+    write(ids[::-1], tmp_path / "new.h5")  # the rule reran: same ids, other places
+    os.replace(tmp_path / "new.h5", path)
+    for ident in ids:  # a closed reader reloads the index of the file it reopens
+        np.testing.assert_array_equal(reader.read_map(ident, "label"), maps[ident])
+    reader.close()
+    # replaced between HDF5's open and the first positioned read: named, never other bytes
+    reader = H5Reader(path, kind="ir_labels")
+    assert ids[0] in reader  # HDF5 holds the file from here
+    write(ids, tmp_path / "new.h5")
+    os.replace(tmp_path / "new.h5", path)
+    with pytest.raises(DataError, match="was replaced while it was being read"):
+        reader.read_map(ids[0], "label")
+
+
+def test_every_label_map_is_indexed_whichever_image_has_it(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    maps = {f"i{k}": rng.integers(0, 3, (4 + k, 5), dtype=np.uint8) for k in range(4)}
+    with H5Writer(tmp_path / "s.h5", "masks", CLASSES, {}) as w:
+        for k, (ident, label) in enumerate(maps.items()):
+            extra = {} if k == 0 else {"mask_crf": label}  # the first image lacks one map
+            empty = np.zeros((0, 5), np.uint8) if k == 1 else label  # an empty map
+            w.add(ident, label.shape, np.array([1]), {"mask": empty, **extra},
+                  dtypes={"mask": np.uint8, "mask_crf": np.uint8})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["chunk_index/mask_crf"][0, 0] == -1 and f["chunk_index/mask"][1, 0] == -1
+    reader = H5Reader(tmp_path / "s.h5", kind="masks")
+    for ident in list(maps)[1:]:
+        np.testing.assert_array_equal(reader.read_map(ident, "mask_crf"), maps[ident])
+    assert reader.read_map("i1", "mask").shape == (0, 5)  # through HDF5
+    _without_hdf5_reads(reader, monkeypatch)
+    for ident in ("i0", "i2", "i3"):
+        np.testing.assert_array_equal(reader.read_map(ident, "mask"), maps[ident])

@@ -21,7 +21,13 @@ import numpy as np
 from wsss.data.datasets import size_batches
 from wsss.errors import DataError
 from wsss.io.atomic import atomic_path
-from wsss.io.h5store import FORMAT_VERSION, cap_metadata_cache, write_chunk_index
+from wsss.io.h5store import (
+    FORMAT_VERSION,
+    ChunkRow,
+    cap_metadata_cache,
+    chunk_row,
+    write_chunk_index,
+)
 
 T = TypeVar("T")
 
@@ -83,14 +89,27 @@ def merge_stores(parts: Sequence[str | os.PathLike[str]], output: str | os.PathL
         if missing or len(where) != len(ids):
             raise DataError(f"the shards of {output} lack {len(missing)} image(s) of the split "
                             f"(e.g. {missing[:1]}) or hold others")
+        # the label maps the shards index (H5Writer's /chunk_index), re-indexed at their
+        # places in the merged file
+        indexed = {f: {name for name, table in f["chunk_index"].items()
+                       if (table[()][:, 0] >= 0).any()}
+                   for f in handles if "chunk_index" in f}
+        rows: dict[str, dict[str, ChunkRow]] = {}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+            cap_metadata_cache(out)
             out.attrs.update({**attrs, "format_version": FORMAT_VERSION})
             images = out.create_group("images")
             for ident in ids:
-                where[ident].copy(where[ident]["images"][ident], images, name=ident)
+                source = where[ident]
+                source.copy(source["images"][ident], images, name=ident)
+                for name in indexed.get(source, ()):
+                    if name in images[ident]:
+                        row = chunk_row(images[ident][name].id)
+                        if row is not None:
+                            rows.setdefault(name, {})[ident] = row
             out.create_dataset("ids", data=np.array(list(ids), dtype=object),
                                dtype=h5py.string_dtype())
-            write_chunk_index(out, list(ids))  # the chunks' places in this file
+            write_chunk_index(out, list(ids), rows)
     finally:
         for f in handles:
             f.close()

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,13 +44,12 @@ FORMAT_VERSION = 1
 SPACE_RESERVE = 1 << 20
 
 
-def _compressed(group: h5py.Group, name: str, data: np.ndarray, dtype: Any) -> None:
+def _compressed(group: h5py.Group, name: str, data: np.ndarray, dtype: Any) -> h5py.Dataset:
     data = np.asarray(data, dtype=dtype)
     if data.size == 0:
-        group.create_dataset(name, data=data)
-        return
-    group.create_dataset(name, data=data, chunks=data.shape, compression="gzip",
-                         compression_opts=4, shuffle=True)
+        return group.create_dataset(name, data=data)
+    return group.create_dataset(name, data=data, chunks=data.shape, compression="gzip",
+                                compression_opts=4, shuffle=True)
 
 
 # HDF5's metadata cache of an open store (group headers, link B-trees of /images); see
@@ -86,44 +86,38 @@ def _one_deflated_chunk(ds: h5py.h5d.DatasetID) -> bool:
                        [h5py.h5z.FILTER_DEFLATE])
 
 
-def _byte_map_names(group: h5py.Group) -> list[str]:
-    """The 2-D uint8 maps of one image's group (the label maps; ``keys`` is int16)."""
-    return sorted(name for name, ds in group.items()
-                  if isinstance(ds, h5py.Dataset) and ds.dtype == np.uint8 and ds.ndim == 2)
+ChunkRow = tuple[int, int, int, int]
 
 
-def write_chunk_index(f: h5py.File, ids: Sequence[str]) -> None:
-    """Write ``/chunk_index/<name>`` of the open store ``f`` for each 2-D uint8 map of its first
-    image (see the module's layout): per image of ``ids``, in that order, the file offset and
-    byte count of the map's chunk and its (H, W), or -1 where the map is empty, absent or not
-    one shuffle + deflate chunk. Called last by the writers, once every chunk has its place
-    (HDF5 does not move an allocated chunk)."""
-    if not ids:
-        return
-    images = f["images"]
-    names = _byte_map_names(images[ids[0]])
-    if not names:
+def chunk_row(ds: h5py.h5d.DatasetID) -> ChunkRow | None:
+    """A ``/chunk_index`` row of a map written as ``_compressed`` writes it (one chunk of the
+    map's shape, shuffle + deflate): (file offset, byte count, H, W) of its chunk when the map
+    is a non-empty 2-D uint8 one stored as one unfiltered-mask chunk, else None."""
+    shape = ds.shape
+    if len(shape) != 2 or not all(shape) or ds.dtype != np.uint8 or ds.get_num_chunks() != 1:
+        return None
+    info = ds.get_chunk_info(0)
+    if info.filter_mask != 0 or info.byte_offset is None:
+        return None
+    return (int(info.byte_offset), int(info.size), int(shape[0]), int(shape[1]))
+
+
+def write_chunk_index(f: h5py.File, ids: Sequence[str],
+                      rows: dict[str, dict[str, ChunkRow]]) -> None:
+    """Write ``/chunk_index/<name>`` (the module's layout) into the open store ``f``: per map
+    name of ``rows`` ({name: {image id: :func:`chunk_row`}}) one int64 (len(ids), 4) table in
+    the order of ``ids``, -1 where an image has no row. Writers call it last, once every chunk
+    has its place (HDF5 does not move an allocated chunk)."""
+    if not any(rows.values()):
         return
     group = f.create_group("chunk_index")
-    for name in names:
-        rows = np.full((len(ids), 4), -1, np.int64)
-        one_chunk: bool | None = None  # the filters, checked once per map (as H5Writer writes)
-        for row, image_id in enumerate(ids):
-            try:
-                ds = h5py.h5d.open(images.id, f"{image_id}/{name}".encode())
-            except KeyError:
-                continue
-            if not all(ds.shape) or len(ds.shape) != 2:
-                continue
-            if one_chunk is None:
-                one_chunk = ds.dtype == np.uint8 and _one_deflated_chunk(ds)
-            if not one_chunk:
-                break
-            info = ds.get_chunk_info(0)
-            if info.filter_mask == 0 and info.byte_offset is not None:
-                rows[row] = (info.byte_offset, info.size, *ds.shape)
-        if one_chunk:
-            group.create_dataset(name, data=rows)
+    for name, by_id in sorted(rows.items()):
+        table = np.full((len(ids), 4), -1, np.int64)
+        for k, image_id in enumerate(ids):
+            row = by_id.get(image_id)
+            if row is not None:
+                table[k] = row
+        group.create_dataset(name, data=table)
 
 
 class H5Writer:
@@ -139,6 +133,7 @@ class H5Writer:
         self.path, self.kind, self.classes, self.meta = Path(path), kind, classes, meta
         self._ids: list[str] = []
         self._order = None if ids is None else [str(i) for i in ids]
+        self._chunks: dict[str, dict[str, ChunkRow]] = {}  # /chunk_index rows, per map name
 
     def __enter__(self) -> H5Writer:
         self._ctx = atomic_path(self.path)
@@ -146,6 +141,7 @@ class H5Writer:
         self._dir = tmp.parent
         try:
             self._file = h5py.File(tmp, "w")
+            cap_metadata_cache(self._file)
         except BaseException as exc:
             # the atomic context removes the temporary file and names a full disk
             if not self._ctx.__exit__(type(exc), exc, exc.__traceback__):
@@ -183,7 +179,10 @@ class H5Writer:
                 g.attrs["infer_size"] = np.asarray(infer_size, dtype=np.int32)
             g.create_dataset("keys", data=np.asarray(keys, dtype=np.int16))
             for name, arr in maps.items():
-                _compressed(g, name, arr, dtypes.get(name, np.float16))
+                ds = _compressed(g, name, arr, dtypes.get(name, np.float16))
+                row = chunk_row(ds.id)
+                if row is not None:
+                    self._chunks.setdefault(name, {})[image_id] = row
         except (OSError, RuntimeError) as exc:
             if is_disk_full(exc, self._dir):
                 raise disk_full_error(self.path) from exc
@@ -206,7 +205,7 @@ class H5Writer:
                 ids = self._final_ids()
                 self._file.create_dataset("ids", data=np.array(ids, dtype=object),
                                           dtype=h5py.string_dtype())
-                write_chunk_index(self._file, ids)
+                write_chunk_index(self._file, ids, self._chunks)
             self._file.close()
         except BaseException as failed:  # nothing is committed; the atomic path names a full disk
             with contextlib.suppress(Exception):
@@ -254,6 +253,7 @@ class H5Reader:
         self._index: dict[str, np.ndarray | None] = {}
         self._rows: dict[str, int] = {}
         self._raw: Any = None
+        self._lock = threading.Lock()  # loading an index (readers shared by threads)
 
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
@@ -300,8 +300,6 @@ class H5Reader:
         row = self._rows.get(image_id) if index is not None else None
         if row is not None and index[row, 0] >= 0:
             offset, nbytes, h, w = (int(v) for v in index[row])
-            if self._raw is None:
-                self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed by close)
             data = os.pread(self._raw.fileno(), nbytes, offset)
             try:
                 flat = zlib.decompress(data)
@@ -342,25 +340,43 @@ class H5Reader:
         return arr.astype(np.float32) if arr.dtype == np.float16 else arr
 
     def _chunk_index(self, name: str) -> np.ndarray | None:
-        """``/chunk_index/<name>`` (loaded once), or None when the store has none for the map
-        or it does not match the file: its first, middle and last entries are checked against
-        HDF5's own chunk table, and a mismatch (a store rewritten by another tool, e.g.
-        h5repack) is logged once and read through HDF5 instead."""
+        """``/chunk_index/<name>`` (loaded once per open), or None when the store has none for
+        the map or it does not match the file: its first, middle and last entries are checked
+        against HDF5's own chunk table, and a mismatch (a store rewritten by another tool, e.g.
+        h5repack) is logged once and the map read through HDF5 instead. Loading it opens the
+        handle for positioned reads and checks that it is the file HDF5 has open (not one
+        renamed over it since)."""
         if name in self._index:
             return self._index[name]
-        f = self._f()
-        rows = None
-        if "chunk_index" in f and name in f["chunk_index"]:
-            rows = f["chunk_index"][name][()]
-            if rows.shape == (len(self.ids), 4) and self._index_matches(rows, name):
-                self._rows = {image_id: k for k, image_id in enumerate(self.ids)}
-            else:
-                log.warning("%s: /chunk_index/%s does not match the file (changed after it was "
-                            "written?); its %r maps are read through HDF5", self.path, name,
-                            name)
-                rows = None
-        self._index[name] = rows
-        return rows
+        with self._lock:
+            if name in self._index:
+                return self._index[name]
+            f = self._f()
+            rows = None
+            if "chunk_index" in f and name in f["chunk_index"]:
+                rows = f["chunk_index"][name][()]
+                if rows.shape == (len(self.ids), 4) and self._index_matches(rows, name):
+                    self._open_raw(f)
+                    self._rows = self._rows or {i: k for k, i in enumerate(self.ids)}
+                else:
+                    log.warning("%s: /chunk_index/%s does not match the file (changed after it "
+                                "was written?); its %r maps are read through HDF5", self.path,
+                                name, name)
+                    rows = None
+            self._index[name] = rows
+            return rows
+
+    def _open_raw(self, f: h5py.File) -> None:
+        """Open the unbuffered handle of read_map's positioned reads on the file that ``f``
+        has open (DataError if the path now names another file)."""
+        if self._raw is not None:
+            return
+        raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed by close)
+        same, held = os.fstat(raw.fileno()), os.fstat(f.id.get_vfd_handle())
+        if (same.st_dev, same.st_ino) != (held.st_dev, held.st_ino):
+            raw.close()
+            raise DataError(f"{self.path} was replaced while it was being read; rerun the rule")
+        self._raw = raw
 
     def _index_matches(self, rows: np.ndarray, name: str) -> bool:
         """Whether the first, middle and last rows of a chunk index agree with HDF5's chunk
@@ -369,9 +385,11 @@ class H5Reader:
         for i in sorted({0, len(rows) // 2, len(rows) - 1}) if len(rows) else []:
             if rows[i, 0] < 0:
                 continue
-            ds = images[self.ids[i]][name]
-            info = ds.id.get_chunk_info(0)
-            if (info.byte_offset, info.size, *ds.shape) != tuple(int(v) for v in rows[i]):
+            try:
+                row = chunk_row(images[self.ids[i]][name].id)
+            except KeyError:
+                return False
+            if row != tuple(int(v) for v in rows[i]):
                 return False
         return True
 
@@ -390,8 +408,10 @@ class H5Reader:
             yield image_id, self.get(image_id)
 
     def close(self) -> None:
-        """Close the underlying file if open."""
+        """Close the underlying file if open (a later read reopens it and reloads its chunk
+        index)."""
         self._images = None
+        self._index, self._rows = {}, {}
         if self._raw is not None:
             self._raw.close()
             self._raw = None
@@ -402,4 +422,9 @@ class H5Reader:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_file"], state["_pid"], state["_images"], state["_raw"] = None, -1, None, None
+        state["_index"], state["_rows"], state["_lock"] = {}, {}, None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
