@@ -194,8 +194,12 @@ def test_demo_overlay_and_voc_preset_parse():
     assert cls["cosa"]["backbone"] == {"name": "tf_efficientnet_lite0",
                                        "pretrained": "efficientnet_lite0", "kwargs": {}}
     check_config(demo, len(classes_for(demo["dataset"])))
+    assert cls["cosa"]["lambda_csc"] == 0.05  # the demo's (README "CoSA on the demo")
     voc = load_workflow_config([ROOT / "workflow/presets/voc12-cosa.yaml"])
     cls = voc["classifier"]
+    # the paper's loss weights (CoSA Sec. 4.1)
+    assert (cls["cosa"]["lambda_c2s"], cls["cosa"]["lambda_s2c"], cls["cosa"]["lambda_csc"]) \
+        == (0.1, 0.05, 0.1)
     assert cls["cosa"]["backbone"]["name"] == "vit_base_patch16_224" and cls["crop"] == 448
     assert (cls["batch_size"], cls["lr_warmup_steps"], cls["cosa"]["warmup_steps"]) == \
         (2, 1500, 6000)
