@@ -10,7 +10,7 @@ Layout::
                  CAMs (K, H, W), uint8 labels, strided maps at the stride-4 grid of infer_size)
     /chunk_index/<name>  int64 (N, 4) in /ids order, one per 2-D uint8 map (the labels): the
                  file offset and byte count of the map's one deflated chunk and its (H, W),
-                 -1 where the image's map is empty; the training loaders read a label map with
+                 -1 where an image has no such map; the training loaders read a label map with
                  one positioned read and an inflate instead of an HDF5 path lookup
 
 Files are written to a temporary sibling and renamed on success (see :class:`H5Writer`).
@@ -73,17 +73,6 @@ def cap_metadata_cache(f: h5py.File, max_bytes: int = METADATA_CACHE_BYTES) -> N
     cfg.min_size = min(max_bytes, 2**20)
     cfg.max_size = max_bytes
     f.id.set_mdc_config(cfg)
-
-
-def _one_deflated_chunk(ds: h5py.h5d.DatasetID) -> bool:
-    """Whether ``ds`` is stored as one chunk through shuffle + deflate only (as ``_compressed``
-    writes every non-empty map)."""
-    plist = ds.get_create_plist()
-    if plist.get_layout() != h5py.h5d.CHUNKED or plist.get_chunk() != ds.shape:
-        return False
-    filters = [plist.get_filter(k)[0] for k in range(plist.get_nfilters())]
-    return filters in ([h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE],
-                       [h5py.h5z.FILTER_DEFLATE])
 
 
 ChunkRow = tuple[int, int, int, int]
@@ -243,10 +232,7 @@ class H5Reader:
             self.ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
         self._file: h5py.File | None = None
         self._pid = -1
-        # read_map: the open /images group; per map name its dtype when read_map inflates its
-        # chunk itself, else None
-        self._images: h5py.h5g.GroupID | None = None
-        self._direct: dict[str, np.dtype | None] = {}
+        self._images: h5py.h5g.GroupID | None = None  # read_map: the open /images group
         # read_map's chunk index: per map name its /chunk_index rows (None: none to use), the
         # row of each id, and an unbuffered handle for positioned reads (safe to share with
         # forked workers: pread moves no file position)
@@ -287,9 +273,10 @@ class H5Reader:
         one map per item (the training loaders).
 
         A label map listed in ``/chunk_index`` is one positioned read of its deflated chunk
-        and an inflate (~45 us per demo mask against ~125 us for a per-image PNG,
-        bench/loader.py); other maps take one path lookup through h5py's low-level API instead
-        of ``get``'s group, attribute and ``keys`` reads (~2.5x faster than ``get``).
+        and an inflate (~56 us per demo mask against ~177 us for a per-image PNG in
+        bench/loader.py's labels-alone pass); other maps take one path lookup through h5py's
+        low-level API instead of ``get``'s group, attribute and ``keys`` reads (~2.5x faster
+        than ``get``).
 
         Raises:
             DataError: naming the store and image when the image or map is not in it, or when
@@ -314,7 +301,7 @@ class H5Reader:
         return self._read_map_hdf5(image_id, name)
 
     def _read_map_hdf5(self, image_id: str, name: str) -> np.ndarray:
-        """read_map through HDF5: one path lookup; a byte map's one chunk inflated here."""
+        """read_map through HDF5 (maps without a chunk index entry): one path lookup."""
         f = self._f()
         if self._images is None:
             self._images = h5py.h5g.open(f.id, b"images")
@@ -324,17 +311,6 @@ class H5Reader:
             if image_id not in f["images"]:
                 raise DataError(f"{self.path} has no entry for image {image_id!r}") from None
             raise DataError(f"{self.path} has no map {name!r} for image {image_id!r}") from None
-        shape = ds.shape
-        if all(shape):  # a non-empty map: one chunk, as H5Writer writes every map of the store
-            if name not in self._direct:  # decided once per map (a property list costs ~90 us)
-                dtype = ds.dtype
-                self._direct[name] = dtype if dtype.itemsize == 1 and _one_deflated_chunk(ds) \
-                    else None
-            dtype = self._direct[name]
-            if dtype is not None:
-                skipped, raw = ds.read_direct_chunk((0,) * len(shape))
-                if skipped == 0:
-                    return np.frombuffer(zlib.decompress(raw), dtype).reshape(shape).copy()
         arr = np.empty(ds.shape, ds.dtype)
         ds.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
         return arr.astype(np.float32) if arr.dtype == np.float16 else arr
