@@ -102,11 +102,11 @@ def merge_stores(parts: Sequence[str | os.PathLike[str]], output: str | os.PathL
             for ident in ids:
                 source = where[ident]
                 source.copy(source["images"][ident], images, name=ident)
-                for name in indexed.get(source, ()):
-                    if name in images[ident]:
-                        row = chunk_row(images[ident][name].id)
-                        if row is not None:
-                            rows.setdefault(name, {})[ident] = row
+                copied = images[ident]
+                for name in indexed.get(source, set()) & copied.keys():
+                    row = chunk_row(copied[name].id)
+                    if row is not None:
+                        rows.setdefault(name, {})[ident] = row
             out.create_dataset("ids", data=np.array(list(ids), dtype=object),
                                dtype=h5py.string_dtype())
             write_chunk_index(out, list(ids), rows)
