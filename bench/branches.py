@@ -6,14 +6,16 @@ For the CNN branch (CAK), the ViT branch (SAK) and their fusion, prints:
   classifier's held-out training images, and of the two together (mean of their sigmoid
   probabilities); recomputed from ``classifier/model.pt``;
 * seed mIoU on the train split (``metrics/seeds.csv``): the best background threshold of the
-  sweep and CoBra's attention-percentile rule (Sec. 9.1), and the gap between the two;
+  sweep and CoBra's attention rule (Sec. 9.1, 11; the run's ``ir_labels.attention.statistic``),
+  and the gap between the two;
 * CLS-attention contrast (ViT): the mean of the stored semantic-agnostic attention map A_obj
   (CLS-to-patch attention summed over layers, CoBra Sec. 3.4) inside ground-truth foreground
   divided by its mean inside background, per image, averaged over the scored images;
 * per-class IoU of each seed variant at its best sweep threshold;
 * why the attention rule gains or loses against one global threshold (``--per-image``, the
-  selected variant ``--per-image-variant``): per image, the rule's threshold (``--percentile``,
-  ``--grid``: the ``ir_labels.attention`` settings, defaults as the schema) against the
+  selected variant ``--per-image-variant``): per image, the rule's threshold (``--statistic``,
+  ``--percentile``, ``--grid``: the ``ir_labels.attention`` settings, defaults as the schema;
+  both statistics with ``--statistic percentile weighted_mean``) and the rule's mIoU, against the
   threshold of the 0.05-step grid that labels the image's pixels best (pixel accuracy), their
   correlation, each one's correlation with the image's ground-truth foreground fraction, and
   the mIoU of those per-image best thresholds (the ceiling of any per-image rule on this grid).
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import wsss  # noqa: E402, F401  (torchvision fix before timm)
 from wsss.cams.fuse import fuse_maps  # noqa: E402
-from wsss.cams.thresholds import attention_threshold, labels_at_threshold  # noqa: E402
+from wsss.cams.thresholds import ATTENTION_STATISTICS, labels_at_threshold  # noqa: E402
 from wsss.data.coverage import split_by_ground_truth  # noqa: E402
 from wsss.data.datasets import WholeImages, load_mask  # noqa: E402
 from wsss.data.table import read_split_csv  # noqa: E402
@@ -47,6 +49,7 @@ from wsss.io.h5store import H5Reader  # noqa: E402
 from wsss.methods.holdout import average_precision, split_holdout  # noqa: E402
 from wsss.metrics import confusion, mean_iou  # noqa: E402
 from wsss.models.classifier import load_classifier  # noqa: E402
+from wsss.refine.ir_labels import confidence_map  # noqa: E402
 
 # seed variant -> the classifier branch whose image scores stand beside it
 BRANCH_OF = {"cnn": "cnn", "tran": "vit", "fuse": "cnn+vit", "avg": "cnn+vit", "max": "cnn+vit"}
@@ -101,16 +104,18 @@ def attention_contrast(run: Path, classes: list[str]) -> tuple[float, int]:
     return (float(np.mean(ratios)) if ratios else float("nan")), len(ratios)
 
 
-def per_image_thresholds(run: Path, classes: list[str], variant: str, percentile: float,
-                         grid: float) -> dict[str, float]:
+def per_image_thresholds(run: Path, classes: list[str], variant: str, statistic: str,
+                         percentile: float, grid: float) -> dict[str, float]:
     """The attention rule's per-image thresholds against each image's best one (module
     docstring): correlations and the mIoU of the per-image best thresholds."""
     cams = H5Reader(run / "cams/train.h5", kind="cams", classes=classes)
     records = {r.id: r for r in read_split_csv(run / "data/train.csv", classes)}
     scored, _ = split_by_ground_truth([records[i] for i in cams.ids])
     n, grid_t = len(classes), np.round(np.arange(0.05, 0.951, 0.05), 2)
+    stat = ATTENTION_STATISTICS.get(statistic)
     rule, best, fg_fraction = [], [], []
     ceiling = np.zeros((n, n), dtype=np.int64)
+    at_rule = np.zeros((n, n), dtype=np.int64)
     for rec in scored:
         item = cams.get(rec.id)
         if "attn" not in item:
@@ -121,7 +126,8 @@ def per_image_thresholds(run: Path, classes: list[str], variant: str, percentile
         k = int(np.argmax([np.trace(c) / max(int(c.sum()), 1) for c in confs]))
         ceiling += confs[k]
         best.append(grid_t[k])
-        rule.append(attention_threshold(item["attn"], percentile, grid))
+        rule.append(stat.threshold(item["attn"], confidence_map(seed), percentile, grid))
+        at_rule += confusion(gt, labels_at_threshold(seed, item["keys"], rule[-1]), n)
         valid = gt != 255
         fg_fraction.append(float(((gt > 0) & valid).sum() / max(int(valid.sum()), 1)))
     if len(rule) < 2:
@@ -131,7 +137,7 @@ def per_image_thresholds(run: Path, classes: list[str], variant: str, percentile
             "best std": b.std(), "corr(rule, best)": np.corrcoef(r, b)[0, 1],
             "corr(rule, fg fraction)": np.corrcoef(r, f)[0, 1],
             "corr(best, fg fraction)": np.corrcoef(b, f)[0, 1],
-            "per-image best mIoU": mean_iou(ceiling)}
+            "rule mIoU": mean_iou(at_rule), "per-image best mIoU": mean_iou(ceiling)}
 
 
 def main() -> None:
@@ -143,6 +149,8 @@ def main() -> None:
     ap.add_argument("--per-image", action="store_true",
                     help="also the attention rule's per-image analysis (module docstring)")
     ap.add_argument("--per-image-variant", default="fuse")
+    ap.add_argument("--statistic", nargs="+", default=["weighted_mean"],
+                    choices=ATTENTION_STATISTICS.names())
     ap.add_argument("--percentile", type=float, default=93.0)
     ap.add_argument("--grid", type=float, default=0.05)
     args = ap.parse_args()
@@ -186,14 +194,17 @@ def main() -> None:
         print(f"\nfuse - best single branch (sweep): "
               f"{float(table['fuse']['seed mIoU, sweep']) - best:+.3f}")
     if args.per_image:
-        got = per_image_thresholds(run, classes, args.per_image_variant, args.percentile,
-                                   args.grid)
-        print(f"\nattention rule per image ({args.per_image_variant}, percentile "
-              f"{args.percentile:g}, grid {args.grid:g}) vs each image's best threshold:")
-        if not got:
-            print("  no attention map in the store")
-        for key, value in got.items():
-            print(f"  {key:<26} {value:.3f}" if key != "images" else f"  {key:<26} {value}")
+        for statistic in args.statistic:
+            got = per_image_thresholds(run, classes, args.per_image_variant, statistic,
+                                       args.percentile, args.grid)
+            how = (f"percentile {args.percentile:g}, grid {args.grid:g}"
+                   if statistic == "percentile" else "no percentile, no grid")
+            print(f"\nattention rule per image ({args.per_image_variant}, statistic {statistic}: "
+                  f"{how}) vs each image's best threshold:")
+            if not got:
+                print("  no attention map in the store")
+            for key, value in got.items():
+                print(f"  {key:<26} {value:.3f}" if key != "images" else f"  {key:<26} {value}")
 
 
 if __name__ == "__main__":

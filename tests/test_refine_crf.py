@@ -29,10 +29,11 @@ from wsss.refine.ir_labels import (
 )
 from wsss.stages import make_ir_labels
 
-# the validated section, every value spelled out (they are the schema defaults: IRN / CoBra)
+# the validated section, every value spelled out (the schema defaults: IRN / CoBra, except the
+# attention statistic: the reference code's percentile here)
 SECTION = validate_config({"ir_labels": {
     "threshold": "attention",
-    "attention": {"percentile": 93, "grid": 0.05, "gap": 0.5},
+    "attention": {"statistic": "percentile", "percentile": 93, "grid": 0.05, "gap": 0.5},
     "gmm": {"per_image": False, "sample_pixels": 200000, "confidence": 0.9, "floor": 0.05},
     "fixed": {"fg": 0.30, "bg": 0.05},
     "crf": {"gt_prob": 0.7, "gauss_sxy": 3, "gauss_compat": 3, "bilateral_sxy": 50,

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from wsss.cams.fuse import FUSIONS
+from wsss.cams.thresholds import ATTENTION_STATISTICS
 from wsss.config import load_schema, validate_config
 from wsss.data.table import write_split_csv
 from wsss.errors import ConfigError, DataError
@@ -42,6 +43,7 @@ def _enum(schema: dict, path: str) -> list[str]:
     ("fusion", FUSIONS),
     ("masks.rule", MASK_RULES),
     ("ir_labels.threshold", THRESHOLD_RULES),
+    ("ir_labels.attention.statistic", ATTENTION_STATISTICS),
     ("segmentation.model", SEGMENTERS),
 ])
 def test_schema_enums_are_the_registries(path, registry):
@@ -52,8 +54,9 @@ def test_schema_enums_are_the_registries(path, registry):
     names_key = "^config key " + re.escape(path) + ": "
     with pytest.raises(ConfigError, match=names_key + "unknown .* 'no_such_name' \\(known: "):
         registry.get("no_such_name")
-    section, _, key = path.rpartition(".")
-    config = {section: {key: "no_such_name"}} if section else {key: "no_such_name"}
+    config: object = "no_such_name"
+    for part in reversed(path.split(".")):
+        config = {part: config}
     with pytest.raises(ConfigError, match=names_key + "'no_such_name' is not one of"):
         validate_config(config)
 

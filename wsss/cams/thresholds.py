@@ -1,10 +1,28 @@
-"""Background thresholds for turning CAMs into labels: fixed sweeps and CoBra's attention rule."""
+"""Background thresholds for turning CAMs into labels: fixed sweeps and CoBra's attention rule.
+
+CoBra (supplement Sec. 9.1, 11) sets each image's background threshold from the ViT branch's
+semantic-agnostic attention map A_obj (TS-CAM) "by assigning a certain weight to the
+semantic-agnostic attention map segment", without a formula. Two readings are registered in
+:data:`ATTENTION_STATISTICS` (config ``ir_labels.attention.statistic``):
+
+* ``percentile``: the reference code's, a percentile of the max-normalised attention map
+  snapped down to a grid (:func:`attention_threshold`); the IR labels take bg = t, fg = t + gap;
+* ``weighted_mean``: the image's seed confidence averaged with the attention map as weights
+  (:func:`attention_weighted_threshold`), in the CAM's own units; the IR labels take
+  bg = t - gap/2, fg = t + gap/2, around it.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.registry import Registry
 
 
 def snap_down(value: float, grid: float) -> float:
@@ -28,6 +46,69 @@ def attention_threshold(attn: np.ndarray, percentile: float, grid: float) -> flo
     if peak <= 0:
         return 0.0
     return snap_down(float(np.percentile(attn / peak, percentile)), grid)
+
+
+def attention_weighted_threshold(attn: np.ndarray, confidence: np.ndarray) -> float:
+    """The attention-weighted mean seed confidence of one image: a background threshold in
+    the CAM's units (``weighted_mean``, module docstring).
+
+    t = sum_p A(p) c(p) / sum_p A(p), where c (H, W) is the seed confidence (the max over the
+    image's classes of its max-normalised CAMs, in [0, 1]) and A the raw semantic-agnostic
+    attention map (h, w) (CoBra Sec. 3.4, A_obj; any positive scale, it cancels) upsampled
+    bilinearly (half-pixel centres) to (H, W). A is the soft foreground segment of TS-CAM, so t
+    is the confidence the CAM reaches on what the attention calls object: pixels above it are
+    labelled foreground. It needs no percentile or grid and follows each image's and each
+    fusion variant's CAM scale. An image without confidence (no classes) or with an all-zero
+    attention map gives 0.
+
+    Raises:
+        ValueError: ``attn`` or ``confidence`` not 2-D, or ``attn`` with a negative value.
+    """
+    attn = np.asarray(attn, dtype=np.float32)
+    confidence = np.asarray(confidence, dtype=np.float32)
+    if attn.ndim != 2 or confidence.ndim != 2:
+        raise ValueError(f"attention {attn.shape} and confidence {confidence.shape} must be "
+                         f"2-D maps")
+    if attn.size == 0 or confidence.size == 0:
+        return 0.0
+    if float(attn.min()) < 0:
+        raise ValueError(f"the attention map has a negative value ({float(attn.min()):.3g}); "
+                         f"A_obj is a sum of softmax rows")
+    if attn.shape != confidence.shape:
+        attn = F.interpolate(torch.from_numpy(attn)[None, None], size=confidence.shape,
+                             mode="bilinear", align_corners=False)[0, 0].numpy()
+    total = float(attn.sum(dtype=np.float64))
+    if total <= 0:
+        return 0.0
+    return float((attn * confidence).sum(dtype=np.float64) / total)
+
+
+@dataclass(frozen=True)
+class AttentionStatistic:
+    """One reading of CoBra's attention rule (module docstring).
+
+    ``threshold(attn, confidence, percentile, grid)`` is the image's seed threshold t;
+    ``centred``: the IR labels take t -/+ gap/2 (True) or t, t + gap (False, the reference).
+    """
+
+    threshold: Callable[[np.ndarray, np.ndarray, float, float], float]
+    centred: bool
+
+    def ir_pair(self, t: float, gap: float) -> tuple[float, float, bool]:
+        """(bg, fg, clipped) of the IR labels, bg raised to 0 and fg lowered to 1; ``clipped``:
+        fg was above 1 (no pixel can pass it: no foreground)."""
+        bg, fg = (t - gap / 2, t + gap / 2) if self.centred else (t, t + gap)
+        return max(bg, 0.0), min(fg, 1.0), fg > 1.0
+
+
+ATTENTION_STATISTICS: Registry[AttentionStatistic] = Registry(
+    "attention statistic", "ir_labels.attention.statistic")
+ATTENTION_STATISTICS.register("percentile")(AttentionStatistic(
+    lambda attn, confidence, percentile, grid: attention_threshold(attn, percentile, grid),
+    centred=False))
+ATTENTION_STATISTICS.register("weighted_mean")(AttentionStatistic(
+    lambda attn, confidence, percentile, grid: attention_weighted_threshold(attn, confidence),
+    centred=True))
 
 
 def labels_at_threshold(cams: np.ndarray, keys: np.ndarray, bg: float) -> np.ndarray:

@@ -8,8 +8,10 @@ background only where both passes say background, and ignored otherwise.
 Threshold rules (config ``ir_labels.threshold``, registry :data:`THRESHOLD_RULES`):
 
 * ``fixed``: IRN's constants (fg 0.30, bg 0.05), one pair for the split;
-* ``attention``: CoBra's per-image rule (supplement Sec. 9.1, 11): bg = percentile of the
-  max-normalised semantic-agnostic attention map snapped down to a grid, fg = bg + gap;
+* ``attention``: CoBra's per-image rule (supplement Sec. 9.1, 11): a threshold t from the
+  semantic-agnostic attention map (``attention.statistic``,
+  :data:`wsss.cams.thresholds.ATTENTION_STATISTICS`): ``percentile`` (the reference code's:
+  bg = t, fg = t + gap) or ``weighted_mean`` (bg, fg = t -/+ gap/2);
 * ``gmm``: CoSA Eq. (6): a two-component Gaussian mixture fitted to the per-pixel CAM
   confidences, once per split or per image (:mod:`wsss.refine.gmm`).
 """
@@ -25,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from wsss.cams.thresholds import attention_threshold
+from wsss.cams.thresholds import ATTENTION_STATISTICS
 from wsss.data.classes import IGNORE_INDEX
 from wsss.errors import ConfigError, DataError
 from wsss.io.h5store import H5Reader
@@ -90,6 +92,7 @@ class IrSettings:
     """A validated ``ir_labels`` config section (defaults and ranges: the config schema)."""
 
     threshold: str
+    statistic: str
     percentile: float
     grid: float
     gap: float
@@ -105,7 +108,8 @@ class IrSettings:
     def from_section(cls, section: Mapping[str, Any]) -> IrSettings:
         """Settings of the validated section (``wsss.config.validate_config(...)["ir_labels"]``)."""
         att, gmm, fixed = section["attention"], section["gmm"], section["fixed"]
-        return cls(threshold=section["threshold"], percentile=att["percentile"],
+        return cls(threshold=section["threshold"], statistic=att["statistic"],
+                   percentile=att["percentile"],
                    grid=att["grid"], gap=att["gap"], gmm_per_image=gmm["per_image"],
                    gmm_sample_pixels=int(gmm["sample_pixels"]),
                    gmm_confidence=gmm["confidence"], gmm_floor=gmm["floor"],
@@ -159,22 +163,25 @@ THRESHOLD_RULES: Registry[type[ThresholdRule]] = Registry("IR threshold rule",
 
 @THRESHOLD_RULES.register("attention")
 class AttentionThresholds(ThresholdRule):
-    """CoBra's per-image rule (supplement Sec. 9.1, 11): bg from the attention map, fg = bg +
-    gap (clipped to 1)."""
+    """CoBra's per-image rule (supplement Sec. 9.1, 11): a threshold t from the attention map
+    (``attention.statistic``), the IR pair around it at the gap (fg clipped to 1)."""
 
     reads_attention = True
-    advice = {"foreground": "lower ir_labels.attention.gap (fg = bg + gap) or "
-                            "ir_labels.attention.percentile",
-              "background": "raise ir_labels.attention.percentile (the bg threshold)"}
+    advice = {"foreground": "lower ir_labels.attention.gap (fg - bg) or, with statistic "
+                            "percentile, ir_labels.attention.percentile",
+              "background": "raise ir_labels.attention.percentile (statistic percentile) or "
+                            "lower ir_labels.attention.gap (statistic weighted_mean)"}
 
     def for_image(self, image_id: str, cams: np.ndarray, attn: np.ndarray | None) -> Thresholds:
-        """bg = :func:`wsss.cams.thresholds.attention_threshold` of ``attn``, fg = bg + gap."""
+        """t of the statistic on ``attn`` and this image's (K, H, W) seeds' confidence, then
+        :meth:`wsss.cams.thresholds.AttentionStatistic.ir_pair` at the gap."""
         if attn is None:
             raise ValueError(f"the attention rule needs the attention map of {image_id!r}")
         s = self.settings
-        bg = attention_threshold(attn, s.percentile, s.grid)
-        fg = bg + s.gap
-        return Thresholds(bg, min(fg, 1.0), clipped=fg > 1.0)
+        stat = ATTENTION_STATISTICS.get(s.statistic)
+        t = stat.threshold(attn, confidence_map(cams), s.percentile, s.grid)
+        bg, fg, clipped = stat.ir_pair(t, s.gap)
+        return Thresholds(bg, fg, clipped=clipped)
 
 
 @THRESHOLD_RULES.register("gmm")

@@ -1,5 +1,7 @@
 """Stage eval_seeds: seed mIoU of every fusion variant under a threshold sweep and CoBra's
-attention rule, ``metrics/seeds.csv`` (``variant, rule, threshold, miou, selected,
+attention rule (``ir_labels.attention``: its ``statistic`` sets each image's threshold, for
+``weighted_mean`` from each variant's own confidence; the row's ``threshold`` is the mean over
+the scored images), ``metrics/seeds.csv`` (``variant, rule, threshold, miou, selected,
 at_sweep_end, iou_<class>..., images``; ``images``: how many images were scored;
 ``at_sweep_end``: the best sweep threshold is the first or last of the sweep, so the optimum
 may lie outside it: logged here and flagged in the report).
@@ -29,7 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from wsss.cams.fuse import available_fusions, fuse_maps
-from wsss.cams.thresholds import attention_threshold, labels_at_threshold
+from wsss.cams.thresholds import ATTENTION_STATISTICS, labels_at_threshold
 from wsss.data.coverage import skipped_note, split_by_ground_truth
 from wsss.data.datasets import load_mask
 from wsss.data.table import read_split_csv
@@ -38,6 +40,7 @@ from wsss.io.atomic import atomic_path
 from wsss.io.h5store import H5Reader
 from wsss.metrics import confusion, iou_from_confusion, mean_iou, sweep_confusions
 from wsss.refine.cpl import cpl_labels
+from wsss.refine.ir_labels import confidence_map
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     thresholds = np.round(np.arange(sw["sweep_start"], sw["sweep_stop"] + 1e-9,
                                     sw["sweep_step"]), 6)
     att = params["attention"]
+    statistic = ATTENTION_STATISTICS.get(att["statistic"])
     xi = float(params["cpl"]["threshold"]) if params.get("cpl") else None
     cams = H5Reader(inputs["cams"], kind="cams", classes=classes)
     selected = H5Reader(inputs["seeds"], kind="seeds", classes=classes).meta["fusion"]
@@ -69,20 +73,19 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
     sweep = {v: np.zeros((len(thresholds), n, n), dtype=np.int64) for v in variants}
     attn_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
     cpl_conf = {v: np.zeros((n, n), dtype=np.int64) for v in variants}
-    attn_thr = []
+    attn_thr: dict[str, list[float]] = {v: [] for v in variants}
     baseline = np.zeros((n, n), dtype=np.int64)  # everything predicted background
     for rec in tqdm(scored, desc="eval seeds", mininterval=5):
         item = cams.get(rec.id)
         gt = load_mask(rec.mask, item["size"], rec.id)
         baseline += confusion(gt, np.zeros_like(gt), n)
-        t_img = attention_threshold(item["attn"], att["percentile"], att["grid"]) \
-            if has_attn else None
-        if has_attn:
-            attn_thr.append(t_img)
         for v in variants:
             m = fuse_maps(item, v)
             sweep[v] += sweep_confusions(m, item["keys"], gt, thresholds, n)
             if has_attn:
+                t_img = statistic.threshold(item["attn"], confidence_map(m), att["percentile"],
+                                            att["grid"])
+                attn_thr[v].append(t_img)
                 attn_conf[v] += confusion(gt, labels_at_threshold(m, item["keys"], t_img), n)
             if xi is not None:
                 cpl_conf[v] += confusion(gt, cpl_labels(m, item["keys"], xi), n)
@@ -101,7 +104,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         else:  # nothing scored: no best threshold
             rows.append(_row(v, "sweep", float("nan"), ious[0], classes, selected, 0))
         if has_attn:
-            rows.append(_row(v, "attention", float(np.mean(attn_thr)) if attn_thr
+            rows.append(_row(v, "attention", float(np.mean(attn_thr[v])) if attn_thr[v]
                              else float("nan"), iou_from_confusion(attn_conf[v]), classes,
                              selected, len(scored)))
         if xi is not None:
