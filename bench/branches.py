@@ -14,8 +14,9 @@ For the CNN branch (CAK), the ViT branch (SAK) and their fusion, prints:
 * per-class IoU of each seed variant at its best sweep threshold;
 * why the attention rule gains or loses against one global threshold (``--per-image``, the
   selected variant ``--per-image-variant``): per image, the rule's threshold (``--statistic``,
-  ``--percentile``, ``--grid``: the ``ir_labels.attention`` settings, defaults as the schema;
-  both statistics with ``--statistic percentile weighted_mean``) and the rule's mIoU, against the
+  default the run's, ``--percentile``, ``--grid``: the ``ir_labels.attention`` settings, defaults
+  as the schema; both statistics with ``--statistic percentile weighted_mean``) and the rule's
+  mIoU, against the
   threshold of the 0.05-step grid that labels the image's pixels best (pixel accuracy), their
   correlation, each one's correlation with the image's ground-truth foreground fraction, and
   the mIoU of those per-image best thresholds (the ceiling of any per-image rule on this grid).
@@ -140,6 +141,15 @@ def per_image_thresholds(run: Path, classes: list[str], variant: str, statistic:
             "rule mIoU": mean_iou(at_rule), "per-image best mIoU": mean_iou(ceiling)}
 
 
+def run_statistic(seeds: pd.DataFrame) -> str:
+    """The attention statistic the run's eval_seeds used (``percentile`` for tables written
+    before the ``statistic`` column)."""
+    if "statistic" not in seeds:
+        return "percentile"
+    used = seeds.loc[seeds["rule"] == "attention", "statistic"].dropna().unique()
+    return str(used[0]) if len(used) else "percentile"
+
+
 def main() -> None:
     """Print the branch table of one finished run."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -149,8 +159,9 @@ def main() -> None:
     ap.add_argument("--per-image", action="store_true",
                     help="also the attention rule's per-image analysis (module docstring)")
     ap.add_argument("--per-image-variant", default="fuse")
-    ap.add_argument("--statistic", nargs="+", default=["weighted_mean"],
-                    choices=ATTENTION_STATISTICS.names())
+    ap.add_argument("--statistic", nargs="+", default=None,
+                    choices=ATTENTION_STATISTICS.names(),
+                    help="default: the run's (the statistic column of metrics/seeds.csv)")
     ap.add_argument("--percentile", type=float, default=93.0)
     ap.add_argument("--grid", type=float, default=0.05)
     args = ap.parse_args()
@@ -180,6 +191,7 @@ def main() -> None:
             col["seed mIoU, attention rule"] = f"{att['miou']:.3f}"
             col["  mean threshold"] = f"{att['threshold']:.2f}"
             col["  attention - sweep"] = f"{att['miou'] - sweep['miou']:+.3f}"
+            col["  statistic"] = str(att.get("statistic", "percentile"))
         col["CLS-attention contrast"] = f"{contrast:.2f}" if v == "tran" else "-"
         for c in classes:
             col[f"IoU {c} (sweep)"] = f"{sweep[f'iou_{c}']:.3f}"
@@ -194,7 +206,8 @@ def main() -> None:
         print(f"\nfuse - best single branch (sweep): "
               f"{float(table['fuse']['seed mIoU, sweep']) - best:+.3f}")
     if args.per_image:
-        for statistic in args.statistic:
+        statistics = args.statistic or [run_statistic(seeds)]
+        for statistic in statistics:
             got = per_image_thresholds(run, classes, args.per_image_variant, statistic,
                                        args.percentile, args.grid)
             how = (f"percentile {args.percentile:g}, grid {args.grid:g}"

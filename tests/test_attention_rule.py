@@ -19,7 +19,7 @@ from wsss.cams.thresholds import (
 )
 from wsss.config import validate_config
 from wsss.data.table import write_split_csv
-from wsss.errors import ConfigError
+from wsss.errors import ConfigError, DataError
 from wsss.io.h5store import H5Writer
 from wsss.refine.ir_labels import IrSettings, threshold_rule
 from wsss.stages import eval_seeds
@@ -35,8 +35,7 @@ def test_weighted_mean_hand_computed():
     assert attention_weighted_threshold(attn * 7.0, conf) == pytest.approx(0.5)  # scale-free
     # a constant attention map weighs every pixel alike: the plain mean, at any grid
     assert attention_weighted_threshold(np.ones((1, 1)), conf) == pytest.approx(0.55)
-    assert attention_weighted_threshold(np.zeros((2, 2)), conf) == 0.0
-    assert attention_weighted_threshold(attn, np.zeros((0, 0))) == 0.0
+    assert attention_weighted_threshold(attn, np.zeros((0, 0))) == 0.0  # no pixel
 
 
 def test_weighted_mean_upsamples_the_attention_bilinearly():
@@ -47,9 +46,26 @@ def test_weighted_mean_upsamples_the_attention_bilinearly():
     assert attention_weighted_threshold(attn, conf) == pytest.approx(5.5 / 8)  # (2.5 + 3) / 8
 
 
+def test_weighted_mean_other_aspect_and_strides():
+    """A stride-4 grid of another shape than the image (a capped image) is stretched to it; a
+    reversed (negative-stride) view reads as its copy."""
+    attn = np.array([[0.0, 1.0, 2.0]], np.float32)  # (1, 3) -> (2, 6): columns sample the
+    # input at -0.25, 0.25, ..., 2.25 (ends clamped): weights 0, 0.25, 0.75, 1.25, 1.75, 2 (sum 6)
+    conf = np.tile(np.array([1.0, 0, 0, 0, 0, 0]), (2, 1))
+    assert attention_weighted_threshold(attn, conf) == pytest.approx(0.0)
+    assert attention_weighted_threshold(attn[:, ::-1], conf) == pytest.approx(2.0 / 6.0)
+    assert attention_weighted_threshold(attn, conf[:, ::-1]) == pytest.approx(2.0 / 6.0)
+
+
 def test_weighted_mean_refuses_bad_maps():
     with pytest.raises(ValueError, match="negative value"):
         attention_weighted_threshold(np.array([[1.0, -0.5]]), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="all zero"):
+        attention_weighted_threshold(np.zeros((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        attention_weighted_threshold(np.array([[1.0, np.nan]]), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        attention_weighted_threshold(np.ones((1, 2)), np.array([[0.5, np.inf]]))
     with pytest.raises(ValueError, match="2-D"):
         attention_weighted_threshold(np.ones(4), np.ones((2, 2)))
 
@@ -73,11 +89,12 @@ def _section(statistic: str, gap: float = 0.5) -> IrSettings:
 
 
 def test_attention_rule_thresholds_per_statistic():
-    """One image: confidence 0.8 on the object (left half), 0.2 elsewhere; attention 1 on the
-    object, 0.25 elsewhere. Weighted mean (0.8 * 8 + 0.2 * 8 * 0.25) / (8 + 8 * 0.25) = 0.68,
-    IR pair 0.68 -/+ 0.25; the percentile rule snaps the 93rd percentile (1.0) down to 0.95."""
-    cams = np.zeros((2, 4, 4), np.float32)
-    cams[0, :, :2], cams[0, :, 2:], cams[1] = 0.8, 0.2, 0.1  # the max over classes counts
+    """One image: confidence 0.8 on the object (left half), 0.2 elsewhere (the max over two
+    classes: each wins on one column pair); attention 1 on the object, 0.25 elsewhere. Weighted
+    mean (0.8 * 8 + 0.2 * 8 * 0.25) / (8 + 8 * 0.25) = 0.68, IR pair 0.68 -/+ 0.25; the
+    percentile rule snaps the 93rd percentile (1.0) down to 0.95."""
+    cams = np.full((2, 4, 4), 0.1, np.float32)
+    cams[0, :, 0], cams[1, :, 1], cams[0, :, 2], cams[1, :, 3] = 0.8, 0.8, 0.2, 0.2
     attn = np.where(np.arange(4) < 2, 1.0, 0.25)[None].repeat(4, 0)
     thr = threshold_rule(_section("weighted_mean")).for_image("x", cams, attn)
     assert (thr.bg, thr.fg, thr.clipped) == (pytest.approx(0.43), pytest.approx(0.93), False)
@@ -85,6 +102,11 @@ def test_attention_rule_thresholds_per_statistic():
     ref = threshold_rule(_section("percentile", gap=0.3)).for_image("x", cams, attn)
     assert ref.bg == pytest.approx(attention_threshold(attn, 93, 0.05)) == pytest.approx(0.95)
     assert (ref.fg, ref.clipped) == (1.0, True)
+    # no class: confidence 0 everywhere, t = 0, the pair (0, 0.25)
+    none = threshold_rule(_section("weighted_mean")).for_image("x", cams[:0], attn)
+    assert (none.bg, none.fg) == (0.0, pytest.approx(0.25))
+    with pytest.raises(DataError, match="image 'y': .*all zero"):
+        threshold_rule(_section("weighted_mean")).for_image("y", cams, np.zeros((4, 4)))
 
 
 def test_eval_seeds_scores_each_variant_at_its_own_threshold(tmp_path: Path):
@@ -119,7 +141,9 @@ def test_eval_seeds_scores_each_variant_at_its_own_threshold(tmp_path: Path):
                                                            "percentile": 50}}})
         eval_seeds.run(inputs, {"metrics": str(out)}, {
             "seeds": sweep, "attention": att["ir_labels"]["attention"], "classes": CLASSES})
-        table = pd.read_csv(out).set_index(["variant", "rule"])
+        table = pd.read_csv(out, keep_default_na=False).set_index(["variant", "rule"])
+        assert set(table.xs("attention", level="rule")["statistic"]) == {statistic}
+        assert set(table.xs("sweep", level="rule")["statistic"]) == {""}
         for variant, (threshold, miou) in expect.items():
             row = table.loc[(variant, "attention")]
             assert row["threshold"] == pytest.approx(threshold, abs=1e-4)

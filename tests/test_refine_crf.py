@@ -11,6 +11,7 @@ from PIL import Image
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from wsss.cams.thresholds import attention_weighted_threshold
 from wsss.checks import check_consistency
 from wsss.config import validate_config
 from wsss.data.classes import DEMO_CLASSES
@@ -29,8 +30,7 @@ from wsss.refine.ir_labels import (
 )
 from wsss.stages import make_ir_labels
 
-# the validated section, every value spelled out (the schema defaults: IRN / CoBra, except the
-# attention statistic: the reference code's percentile here)
+# the validated section, every value spelled out (they are the schema defaults: IRN / CoBra)
 SECTION = validate_config({"ir_labels": {
     "threshold": "attention",
     "attention": {"statistic": "percentile", "percentile": 93, "grid": 0.05, "gap": 0.5},
@@ -359,6 +359,27 @@ def test_stage_other_threshold_rules(tmp_path, mode, per_image):
     elif not per_image:
         assert m["bg_threshold"].nunique() == 1 and m["fg_threshold"].nunique() == 1
     assert (m["fg_threshold"] > m["bg_threshold"]).all()
+
+
+def test_stage_attention_weighted_mean_pairs(tmp_path):
+    """statistic weighted_mean: each image's pair is t -/+ gap/2 around the attention-weighted
+    mean confidence of its seeds (the attention at stride 4, stretched to the image)."""
+    make_data(tmp_path)
+    section = copy.deepcopy(SECTION)
+    section["attention"] = {**section["attention"], "statistic": "weighted_mean", "gap": 0.3}
+    out = run_stage(tmp_path, tmp_path / "out", 2, section)
+    m = pd.read_csv(out["metrics"]).iloc[:-1].set_index("id")
+    seeds, cams = H5Reader(tmp_path / "seeds.h5", kind="seeds"), H5Reader(tmp_path / "cams.h5",
+                                                                          kind="cams")
+    for i in seeds.ids:
+        t = attention_weighted_threshold(cams.get(i)["attn"], seeds.get(i)["cam"].max(0))
+        assert 0.05 < t < 0.95
+        assert m.loc[i, "bg_threshold"] == pytest.approx(t - 0.15, abs=1e-4)
+        assert m.loc[i, "fg_threshold"] == pytest.approx(t + 0.15, abs=1e-4)
+    assert m["bg_threshold"].nunique() > 1  # per image
+    _, labels = read_labels(out["labels"])
+    flat = np.concatenate([v[1].ravel() for v in labels.values()])
+    assert (flat == 0).any() and ((flat > 0) & (flat < 255)).any()
 
 
 def test_stage_attention_needs_attn(tmp_path):

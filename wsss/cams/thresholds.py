@@ -58,29 +58,29 @@ def attention_weighted_threshold(attn: np.ndarray, confidence: np.ndarray) -> fl
     bilinearly (half-pixel centres) to (H, W). A is the soft foreground segment of TS-CAM, so t
     is the confidence the CAM reaches on what the attention calls object: pixels above it are
     labelled foreground. It needs no percentile or grid and follows each image's and each
-    fusion variant's CAM scale. An image without confidence (no classes) or with an all-zero
-    attention map gives 0.
+    fusion variant's CAM scale. An empty confidence map gives 0.
 
     Raises:
-        ValueError: ``attn`` or ``confidence`` not 2-D, or ``attn`` with a negative value.
+        ValueError: ``attn`` or ``confidence`` not 2-D or not finite, ``attn`` empty, with a
+            negative value or all zero (A_obj is a sum of softmax rows: positive everywhere).
     """
-    attn = np.asarray(attn, dtype=np.float32)
+    attn = np.ascontiguousarray(attn, dtype=np.float32)
     confidence = np.asarray(confidence, dtype=np.float32)
     if attn.ndim != 2 or confidence.ndim != 2:
         raise ValueError(f"attention {attn.shape} and confidence {confidence.shape} must be "
                          f"2-D maps")
-    if attn.size == 0 or confidence.size == 0:
+    if confidence.size == 0:
         return 0.0
-    if float(attn.min()) < 0:
-        raise ValueError(f"the attention map has a negative value ({float(attn.min()):.3g}); "
-                         f"A_obj is a sum of softmax rows")
+    if not (np.isfinite(attn).all() and np.isfinite(confidence).all()):
+        raise ValueError("the attention map or the seed confidence has a NaN or infinite value")
+    if attn.size == 0 or float(attn.min()) < 0 or not attn.any():
+        raise ValueError(f"the attention map is empty, all zero or has a negative value "
+                         f"(min {float(attn.min()) if attn.size else float('nan'):.3g}); A_obj "
+                         f"is a sum of softmax rows")
     if attn.shape != confidence.shape:
         attn = F.interpolate(torch.from_numpy(attn)[None, None], size=confidence.shape,
                              mode="bilinear", align_corners=False)[0, 0].numpy()
-    total = float(attn.sum(dtype=np.float64))
-    if total <= 0:
-        return 0.0
-    return float((attn * confidence).sum(dtype=np.float64) / total)
+    return float((attn * confidence).sum(dtype=np.float64) / attn.sum(dtype=np.float64))
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,9 @@ class IrSettings:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The (bg, fg) thresholds of one image's IR labels; ``clipped``: fg = bg + gap was clipped
-    to 1 (attention rule), ``fallback``: no usable per-image fit, the fixed pair was used."""
+    """The (bg, fg) thresholds of one image's IR labels; ``clipped``: the attention rule's fg
+    was above 1 and was clipped to 1 (no foreground), ``fallback``: no usable per-image fit, the
+    fixed pair was used."""
 
     bg: float
     fg: float
@@ -174,12 +175,21 @@ class AttentionThresholds(ThresholdRule):
 
     def for_image(self, image_id: str, cams: np.ndarray, attn: np.ndarray | None) -> Thresholds:
         """t of the statistic on ``attn`` and this image's (K, H, W) seeds' confidence, then
-        :meth:`wsss.cams.thresholds.AttentionStatistic.ir_pair` at the gap."""
+        :meth:`wsss.cams.thresholds.AttentionStatistic.ir_pair` at the gap.
+
+        Raises:
+            ValueError: no attention map (a bug: :class:`Labeller` checks the store first).
+            DataError: naming the image when its maps are unusable (NaN, an all-zero
+                attention map).
+        """
         if attn is None:
             raise ValueError(f"the attention rule needs the attention map of {image_id!r}")
         s = self.settings
         stat = ATTENTION_STATISTICS.get(s.statistic)
-        t = stat.threshold(attn, confidence_map(cams), s.percentile, s.grid)
+        try:
+            t = stat.threshold(attn, confidence_map(cams), s.percentile, s.grid)
+        except ValueError as exc:
+            raise DataError(f"image {image_id!r}: {exc}") from None
         bg, fg, clipped = stat.ir_pair(t, s.gap)
         return Thresholds(bg, fg, clipped=clipped)
 

@@ -1,8 +1,9 @@
 """Stage eval_seeds: seed mIoU of every fusion variant under a threshold sweep and CoBra's
 attention rule (``ir_labels.attention``: its ``statistic`` sets each image's threshold, for
 ``weighted_mean`` from each variant's own confidence; the row's ``threshold`` is the mean over
-the scored images), ``metrics/seeds.csv`` (``variant, rule, threshold, miou, selected,
-at_sweep_end, iou_<class>..., images``; ``images``: how many images were scored;
+the scored images that have a class), ``metrics/seeds.csv`` (``variant, rule, statistic,
+threshold, miou, selected, at_sweep_end, iou_<class>..., images``; ``statistic``: the attention
+rule's, empty on the other rows; ``images``: how many images were scored;
 ``at_sweep_end``: the best sweep threshold is the first or last of the sweep, so the optimum
 may lie outside it: logged here and flagged in the report).
 
@@ -83,9 +84,13 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             m = fuse_maps(item, v)
             sweep[v] += sweep_confusions(m, item["keys"], gt, thresholds, n)
             if has_attn:
-                t_img = statistic.threshold(item["attn"], confidence_map(m), att["percentile"],
-                                            att["grid"])
-                attn_thr[v].append(t_img)
+                try:
+                    t_img = statistic.threshold(item["attn"], confidence_map(m),
+                                                att["percentile"], att["grid"])
+                except ValueError as exc:
+                    raise DataError(f"{inputs['cams']}, image {rec.id!r}: {exc}") from None
+                if m.shape[0]:  # an image without classes is background at any threshold
+                    attn_thr[v].append(t_img)
                 attn_conf[v] += confusion(gt, labels_at_threshold(m, item["keys"], t_img), n)
             if xi is not None:
                 cpl_conf[v] += confusion(gt, cpl_labels(m, item["keys"], xi), n)
@@ -106,7 +111,7 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
         if has_attn:
             rows.append(_row(v, "attention", float(np.mean(attn_thr[v])) if attn_thr[v]
                              else float("nan"), iou_from_confusion(attn_conf[v]), classes,
-                             selected, len(scored)))
+                             selected, len(scored), statistic=att["statistic"]))
         if xi is not None:
             rows.append(_row(v, "cpl", xi, iou_from_confusion(cpl_conf[v]), classes, selected,
                              len(scored)))
@@ -119,9 +124,10 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
 
 
 def _row(variant: str, rule: str, threshold: float, iou: np.ndarray, classes: list[str],
-         selected: str, images: int, at_end: bool = False) -> dict[str, Any]:
+         selected: str, images: int, at_end: bool = False, statistic: str = "") -> dict[str, Any]:
     miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-    row: dict[str, Any] = {"variant": variant, "rule": rule, "threshold": threshold,
+    row: dict[str, Any] = {"variant": variant, "rule": rule, "statistic": statistic,
+                           "threshold": threshold,
                            "miou": miou, "selected": variant == selected,
                            "at_sweep_end": bool(at_end)}
     row.update({f"iou_{c}": float(x) for c, x in zip(classes, iou)})

@@ -73,8 +73,9 @@ def run(inputs: dict[str, str], outputs: dict[str, str], params: dict[str, Any],
             results.append(res)
     clipped = sum(r.thresholds.clipped for r in results)
     if clipped:
-        log.warning("%d of %d images: bg + gap > 1, fg threshold clipped to 1 (no foreground "
-                    "in their IR labels); consider a smaller ir_labels.attention.gap", clipped,
+        log.warning("%d of %d images: the attention rule's fg threshold was above 1, clipped "
+                    "to 1 (no foreground in their IR labels); consider a smaller "
+                    "ir_labels.attention.gap", clipped,
                     len(results))
     fallback = sum(r.thresholds.fallback for r in results)
     if fallback:
